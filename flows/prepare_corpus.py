@@ -1,0 +1,122 @@
+"""prepare-corpus: raw audio → verified, memory-mapped, length-bucketed shards with a manifest.
+
+plan (list sources, skip what the shards already hold) → decode chunks in worker processes → commit
+(deduplicate, bucket, write shards, rejects and manifest) → publish a corpus report on the flow run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from w2v.prepare.config import PrepareConfig
+from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
+from w2v.prepare.process import Chunk
+from w2v.prepare.report import corpus_report_markdown, run_summary
+from w2v.shards.manifest import Manifest
+
+# Staging parts make every task idempotent, so Prefect's own result cache would only add hashing cost.
+
+
+@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def plan(
+    sources: list[str],
+    out: Path,
+    config: PrepareConfig,
+    metadata: Path | None,
+    storage_options: dict[str, Any] | None,
+) -> RunPlan:
+    run_plan = plan_run(sources, out, config, metadata, storage_options)
+    get_run_logger().info(
+        "%d files listed, %d unchanged, %d to decode in %d chunks",
+        run_plan.listed,
+        run_plan.unchanged,
+        run_plan.files_to_decode,
+        len(run_plan.chunks),
+    )
+    return run_plan
+
+
+@task(
+    name="decode-chunk",
+    task_run_name="decode-chunk-{chunk.key}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=10,
+)
+def decode_chunk(chunk: Chunk, config: PrepareConfig, staging: Path, storage_options: dict[str, Any] | None) -> Path:
+    return process_chunk_isolated(chunk, config, staging, storage_options)
+
+
+@task(name="commit", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+def commit(run_plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:
+    return commit_run(run_plan, config, started)
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(manifest: Manifest, out: Path) -> None:
+    create_markdown_artifact(
+        key="corpus-report",
+        markdown=corpus_report_markdown(manifest, str(out)),
+        description=f"prepare-corpus into {out}",
+    )
+
+
+@flow(name="prepare-corpus", log_prints=True)
+def prepare_corpus(
+    sources: list[str],
+    out: str,
+    sample_rate: int = 16_000,
+    min_seconds: float = 2.0,
+    max_seconds: float = 20.0,
+    num_buckets: int = 8,
+    shard_mb: float = 256.0,
+    files_per_chunk: int = 16,
+    workers: int | None = None,
+    metadata: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Prepare shards from SOURCES (folders, globs, list files, s3:// prefixes) into OUT."""
+    started = utc_now()
+    config = PrepareConfig(
+        sample_rate=sample_rate,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        num_buckets=num_buckets,
+        shard_mb=shard_mb,
+        files_per_chunk=files_per_chunk,
+    )
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage_options)
+
+    # Each decode-chunk task waits in a thread on a child process of its own (see w2v.prepare.isolated).
+    runner: ThreadPoolTaskRunner[Any]
+    with ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1) as runner:
+        decoded: list[PrefectFuture[Path]] = [
+            # Prefect's overloads of submit() do not admit a sync task: hence the ignore.
+            runner.submit(
+                decode_chunk,  # type: ignore[arg-type]
+                {
+                    "chunk": c,
+                    "config": config,
+                    "staging": run_plan.staging,
+                    "storage_options": storage_options,
+                },
+            )
+            for c in run_plan.chunks
+        ]
+        for future in decoded:
+            future.result()
+
+    manifest = commit(run_plan, config, started)
+    publish_report(manifest, out_dir)
+    return run_summary(manifest)

@@ -1,0 +1,164 @@
+"""The `w2v` command line: a thin shell over the library and the Prefect flows."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from w2v.errors import W2VError
+
+app = typer.Typer(help="w2v: raw speech corpus to pretrained wav2vec 2.0.", no_args_is_help=True)
+shards_app = typer.Typer(help="Check and describe shard folders.", no_args_is_help=True)
+app.add_typer(shards_app, name="shards")
+console = Console(stderr=True)
+
+
+def _offline_prefect_defaults() -> None:
+    # Runs happen on machines with no route out: don't let Prefect try to phone home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@app.command()
+def prepare(
+    sources: Annotated[list[str], typer.Argument(help="Folders, globs, list files (.txt) or s3:// prefixes.")],
+    out: Annotated[Path, typer.Option(help="Shard folder; re-running into it adds only new files.")],
+    sample_rate: Annotated[int, typer.Option(help="Target sample rate in Hz.")] = 16_000,
+    min_seconds: Annotated[float, typer.Option(help="Pieces shorter than this are dropped.")] = 2.0,
+    max_seconds: Annotated[float, typer.Option(help="Longer recordings are cut at quiet frames.")] = 20.0,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")] = None,
+    metadata: Annotated[
+        Path | None, typer.Option(help="CSV/JSONL with a `path` column and any of text, speaker, label.")
+    ] = None,
+    shard_mb: Annotated[float, typer.Option(help="Largest shard size in MiB.")] = 256.0,
+    num_buckets: Annotated[int, typer.Option(help="Length buckets of equal total duration.")] = 8,
+    files_per_chunk: Annotated[int, typer.Option(help="Files per decode task (unit of retry).")] = 16,
+    storage_options: Annotated[
+        str | None, typer.Option(help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://…"}\'.')
+    ] = None,
+) -> None:
+    """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
+    _offline_prefect_defaults()
+    from flows.prepare_corpus import prepare_corpus
+
+    options: dict[str, Any] | None = json.loads(storage_options) if storage_options else None
+    stop = threading.Event()
+    watcher = threading.Thread(target=_show_progress, args=(out, stop), daemon=True)
+    watcher.start()
+    try:
+        summary = prepare_corpus(
+            sources=sources,
+            out=str(out),
+            sample_rate=sample_rate,
+            min_seconds=min_seconds,
+            max_seconds=max_seconds,
+            num_buckets=num_buckets,
+            shard_mb=shard_mb,
+            files_per_chunk=files_per_chunk,
+            workers=workers,
+            metadata=str(metadata) if metadata else None,
+            storage_options=options,
+        )
+    except W2VError as error:
+        _fail(str(error))
+    finally:
+        stop.set()
+        watcher.join()
+    counts, seconds = summary["counts"], summary["seconds"]
+    console.print(
+        f"[green]{out}[/]: {seconds['in_shards'] / 3600:.2f} h in {counts['utterances']} utterances, "
+        f"{counts['shards']} shards; this run decoded {summary['last_run']['files_decoded']} of "
+        f"{summary['last_run']['files_listed']} files; rejected: {counts['rejected'] or 'none'}"
+    )
+
+
+def _show_progress(out: Path, stop: threading.Event) -> None:
+    from w2v.prepare.progress import staged_progress
+
+    with Progress(
+        TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("files", total=None)
+        while not stop.wait(0.5):
+            done, total = staged_progress(out)
+            bar.update(task, completed=done, total=total)
+        done, total = staged_progress(out)
+        if total:
+            bar.update(task, completed=total, total=total)
+
+
+@shards_app.command("verify")
+def shards_verify(folder: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")]) -> None:
+    """Check every shard against the manifest (size, sha256, schema, rows); exit 1 on any mismatch."""
+    from w2v.shards.verify import verify
+
+    problems = verify(folder)
+    for problem in problems:
+        console.print(f"[red]✗[/] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {folder}: every shard matches the manifest")
+
+
+@shards_app.command("inspect")
+def shards_inspect(
+    folder: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Hours, utterances, duration histogram, bucket table and rejects by reason."""
+    from dataclasses import asdict
+
+    from w2v.shards.inspect import describe
+    from w2v.shards.manifest import read_manifest
+
+    try:
+        stats = describe(folder, read_manifest(folder))
+    except W2VError as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(asdict(stats), indent=1))
+        return
+    out = Console()
+    out.print(
+        f"[bold]{folder}[/]: {stats.hours:.2f} h, {stats.utterances} utterances from {stats.files_kept} of "
+        f"{stats.files_seen} files"
+    )
+    buckets = Table("bucket", "seconds", "shards", "utterances", "hours", title="Length buckets")
+    for b in stats.buckets:
+        buckets.add_row(
+            str(b.bucket), f"{b.low_seconds:.2f}–{b.high_seconds:.2f}", str(b.shards), str(b.utterances),
+            f"{b.hours:.3f}",
+        )  # fmt: skip
+    out.print(buckets)
+    histogram = Table("duration (s)", "utterances", "", title="Durations")
+    widest = max(stats.histogram_counts, default=0) or 1
+    edges = stats.histogram_edges_seconds
+    for i, count in enumerate(stats.histogram_counts):
+        histogram.add_row(f"{edges[i]:.1f}–{edges[i + 1]:.1f}", str(count), "█" * round(30 * count / widest))
+    out.print(histogram)
+    rejects = Table("reason", "files", title="Rejected (details in rejects.jsonl)")
+    for reason, count in stats.rejected.items():
+        rejects.add_row(reason, str(count))
+    out.print(rejects)
+    out.print(
+        f"rejected audio {stats.rejected_hours * 3600:.1f} s; short pieces dropped {stats.short_pieces_dropped} "
+        f"({stats.dropped_hours * 3600:.1f} s)"
+    )
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    sys.exit(app())

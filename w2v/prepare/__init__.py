@@ -1,0 +1,1 @@
+"""prepare-corpus as a library: list sources, decode them in chunks, pack length-bucketed shards."""

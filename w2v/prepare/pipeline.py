@@ -1,0 +1,158 @@
+"""prepare-corpus without an orchestrator: plan what is new, decode it in worker processes, commit.
+
+`flows/prepare_corpus.py` composes the same three steps as Prefect tasks; this module is what a library
+user (or a benchmark) calls directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import soundfile
+import soxr
+
+import w2v
+from w2v.errors import ManifestError
+from w2v.prepare.config import PrepareConfig
+from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.metadata import load_metadata
+from w2v.prepare.pack import STAGING_NAME, commit
+from w2v.prepare.process import Chunk, SourceTask, plan_chunks
+from w2v.prepare.progress import write_plan_record
+from w2v.shards.manifest import Manifest, SourceEntry, read_manifest_or_none
+from w2v.storage import list_sources
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do: every listed file, and the chunks of those that are new or changed."""
+
+    out: Path
+    previous: Manifest
+    listed: int
+    unchanged: int
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def staging(self) -> Path:
+        return self.out / STAGING_NAME
+
+    @property
+    def files_to_decode(self) -> int:
+        return sum(len(c.tasks) for c in self.chunks)
+
+
+def plan_run(
+    sources: list[str],
+    out: Path,
+    config: PrepareConfig,
+    metadata_path: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RunPlan:
+    """List the sources and keep those the shard folder does not already hold in this exact version."""
+    previous = read_manifest_or_none(out)
+    if previous is None:
+        previous = Manifest(sample_rate=config.sample_rate)
+    else:
+        check_compatible(previous, config, out)
+    metadata = load_metadata(metadata_path) if metadata_path else {}
+    tasks = [SourceTask(s, metadata.get(s.uri)) for s in list_sources(sources, storage_options)]
+    todo = [t for t in tasks if not _unchanged(previous, t)]
+    run_plan = RunPlan(
+        out=out,
+        previous=previous,
+        listed=len(tasks),
+        unchanged=len(tasks) - len(todo),
+        chunks=tuple(plan_chunks(todo, config)),
+    )
+    write_plan_record(run_plan.staging, run_plan.files_to_decode, len(run_plan.chunks))
+    return run_plan
+
+
+def check_compatible(previous: Manifest, config: PrepareConfig, out: Path) -> None:
+    """Refuse to mix shards made with different decode settings into one folder."""
+    before = PrepareConfig(**previous.config) if previous.config else None
+    if before is not None and before.decode_fingerprint() != config.decode_fingerprint():
+        changed = [
+            f"{k}: {v} -> {config.to_dict()[k]}"
+            for k, v in before.to_dict().items()
+            if v != config.to_dict()[k] and k not in {"shard_mb", "num_buckets", "files_per_chunk"}
+        ]
+        raise ManifestError(
+            f"{out}: prepared with other settings ({'; '.join(changed)}); use a new --out or the same settings"
+        )
+
+
+def _unchanged(previous: Manifest, task: SourceTask) -> bool:
+    known = previous.sources.get(task.source.uri)
+    if known is None:
+        return False
+    fields = task.entry_fields()
+    listed = SourceEntry(**fields, status="listed")
+    return known.same_file(listed)
+
+
+def commit_run(plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:
+    now = utc_now()
+    last_run = {
+        "started": started,
+        "finished": now,
+        "files_listed": plan.listed,
+        "files_unchanged": plan.unchanged,
+        "files_decoded": plan.files_to_decode,
+    }
+    keys = [c.key for c in plan.chunks]
+    return commit(plan.out, plan.previous, keys, config, library_versions(), last_run, now)
+
+
+def prepare(
+    sources: list[str],
+    out: Path,
+    config: PrepareConfig | None = None,
+    workers: int | None = None,
+    metadata_path: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+    on_chunk_done: Callable[[Chunk], None] | None = None,
+) -> Manifest:
+    """Run prepare-corpus in this process and `workers` worker processes; returns the committed manifest."""
+    config = config or PrepareConfig()
+    started = utc_now()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_run(sources, out, config, metadata_path, storage_options)
+    # Threads only wait here: each chunk is decoded in a child process of its own.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        futures = {
+            pool.submit(process_chunk_isolated, c, config, plan.staging, storage_options): c for c in plan.chunks
+        }
+        for future in as_completed(futures):
+            future.result()
+            if on_chunk_done:
+                on_chunk_done(futures[future])
+    return commit_run(plan, config, started)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def library_versions() -> dict[str, str]:
+    """The versions that decide what a file decodes to, recorded in the manifest."""
+    versions = {
+        "w2v": w2v.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+        "soundfile": soundfile.__version__,
+        "soxr": soxr.__version__,
+    }
+    for package in ("av", "pyarrow", "numpy"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions

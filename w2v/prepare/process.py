@@ -1,0 +1,202 @@
+"""Turn raw sources into utterances (decode, downmix, resample, int16, segment), a chunk of files at a time.
+
+Each chunk is written to the staging folder as an Arrow part plus a JSON record of every source's outcome;
+the JSON is renamed into place last, so a part is either complete or absent, and a re-run after a crash
+reuses every finished chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from w2v import audio
+from w2v.decode import decode
+from w2v.errors import RejectedAudio
+from w2v.prepare.config import PrepareConfig
+from w2v.prepare.metadata import Metadata, metadata_sha256
+from w2v.shards.manifest import SourceEntry, write_text_atomic
+from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
+from w2v.storage import Source, open_source
+
+# int16 peak at or below this many steps counts as digital silence (dither alone).
+SILENT_PEAK_STEPS = 1
+
+
+@dataclass(frozen=True)
+class SourceTask:
+    source: Source
+    metadata: Metadata | None = None
+
+    def entry_fields(self) -> dict[str, Any]:
+        s = self.source
+        return {
+            "uri": s.uri,
+            "size": s.size,
+            "mtime": s.mtime,
+            "etag": s.etag,
+            "metadata_sha256": metadata_sha256(self.metadata),
+        }
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A unit of work and of retry: a few files, named by a hash of what they are and how they're decoded."""
+
+    key: str
+    tasks: tuple[SourceTask, ...]
+
+
+def plan_chunks(tasks: list[SourceTask], config: PrepareConfig) -> list[Chunk]:
+    """Split tasks (in URI order) into chunks whose keys depend only on their files and the decode config."""
+    ordered = sorted(tasks, key=lambda t: t.source.uri)
+    chunks = []
+    for i in range(0, len(ordered), config.files_per_chunk):
+        group = tuple(ordered[i : i + config.files_per_chunk])
+        h = hashlib.sha256(config.decode_fingerprint().encode())
+        for task in group:
+            h.update(json.dumps(task.entry_fields(), sort_keys=True).encode())
+        chunks.append(Chunk(key=h.hexdigest()[:20], tasks=group))
+    return chunks
+
+
+def part_paths(staging: Path, key: str) -> tuple[Path, Path]:
+    return staging / f"{key}.arrow", staging / f"{key}.json"
+
+
+def process_chunk(
+    chunk: Chunk, config: PrepareConfig, staging: Path, storage_options: dict[str, Any] | None = None
+) -> Path:
+    """Decode a chunk into a staging part; returns the part's JSON record (done at once if it exists)."""
+    json_path = part_paths(staging, chunk.key)[1]
+    if json_path.exists():
+        return json_path
+    return write_part(chunk.key, staging, [process_source(t, config, storage_options) for t in chunk.tasks])
+
+
+def write_part(key: str, staging: Path, results: list[tuple[SourceEntry, list[Utterance]]]) -> Path:
+    """Write a chunk's rows, then its JSON record (the commit marker of the part); returns the JSON path."""
+    arrow_path, json_path = part_paths(staging, key)
+    staging.mkdir(parents=True, exist_ok=True)
+    rows = [row for _, utterances in results for row in utterances]
+    write_stream_atomic(utterance_table(rows), arrow_path)
+    record = {"key": key, "sources": [_entry_json(entry) for entry, _ in results]}
+    write_text_atomic(json_path, json.dumps(record) + "\n")
+    return json_path
+
+
+def read_part(json_path: Path) -> list[SourceEntry]:
+    record = json.loads(json_path.read_text())
+    return [SourceEntry(**{**e, "utterances": tuple(e["utterances"])}) for e in record["sources"]]
+
+
+def _entry_json(entry: SourceEntry) -> dict[str, Any]:
+    data = asdict(entry)
+    data["utterances"] = list(entry.utterances)
+    return data
+
+
+def process_source(
+    task: SourceTask, config: PrepareConfig, storage_options: dict[str, Any] | None = None
+) -> tuple[SourceEntry, list[Utterance]]:
+    """Everything prepare makes of one file; a bad file comes back as a rejected entry, never an exception."""
+    base = task.entry_fields()
+    if task.source.size == 0:
+        return SourceEntry(**base, status="rejected", reason="empty", error=f"{task.source.uri}: 0 bytes"), []
+    try:
+        return _process(task, config, storage_options, base)
+    except RejectedAudio as rejected:
+        return SourceEntry(**base, status="rejected", reason=rejected.reason, error=rejected.message), []
+    except FileNotFoundError as error:
+        message = f"{task.source.uri}: vanished after listing ({error})"
+        return SourceEntry(**base, status="rejected", reason="missing", error=message), []
+
+
+def _process(
+    task: SourceTask, config: PrepareConfig, storage_options: dict[str, Any] | None, base: dict[str, Any]
+) -> tuple[SourceEntry, list[Utterance]]:
+    uri = task.source.uri
+    opened = open_source(uri, storage_options)
+    try:
+        decoded = decode(opened, uri)
+    finally:
+        if not isinstance(opened, str):
+            opened.close()
+    frames, channels = decoded.samples.shape
+    described = {
+        "decoder": decoded.decoder,
+        "original_sample_rate": decoded.sample_rate,
+        "channels": channels,
+    }
+    if frames == 0:
+        raise RejectedAudio("empty", f"{uri}: decodes to 0 samples")
+    finite = np.isfinite(decoded.samples)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise RejectedAudio("non_finite", f"{uri}: {bad} of {finite.size} samples are NaN or infinite")
+    mono = audio.downmix(decoded.samples)
+    resampled = audio.resample(mono, decoded.sample_rate, config.sample_rate, config.resample_quality)
+    scaled, gain = audio.fit_to_full_scale(resampled)
+    pcm = audio.to_int16(scaled)
+    decoded_seconds = pcm.shape[0] / config.sample_rate
+    measured = {**described, "gain": gain, "decoded_seconds": decoded_seconds}
+    peak = int(np.max(np.abs(pcm.astype(np.int32))))
+    if peak <= SILENT_PEAK_STEPS:
+        error = f"{uri}: digitally silent (peak {peak} of 32767 over {decoded_seconds:.2f} s)"
+        return SourceEntry(**base, **measured, status="rejected", reason="silent", error=error), []
+
+    plan = audio.plan_segments(pcm, config.sample_rate, config.max_seconds, config.search_seconds)
+    kept = plan.kept(config.min_samples)
+    dropped = plan.dropped(config.min_samples)
+    dropped_seconds = sum(e - s for s, e in dropped) / config.sample_rate
+    sha = hashlib.sha256(pcm.tobytes()).hexdigest()
+    if not kept:
+        error = f"{uri}: {decoded_seconds:.2f} s is shorter than min_seconds={config.min_seconds}"
+        entry = SourceEntry(**base, **measured, status="rejected", reason="too_short", error=error)
+        return entry, []
+
+    meta = task.metadata or {}
+    # A transcript belongs to the whole recording: it cannot be split with the audio.
+    text = meta.get("text") if len(plan.bounds) == 1 else None
+    prefix = utterance_prefix(uri)
+    rows = []
+    for k, (start, end) in enumerate(kept):
+        piece = pcm[start:end]
+        mean, std = audio.mean_std(piece)
+        rows.append(
+            Utterance(
+                id=f"{prefix}-{k:04d}",
+                audio=piece,
+                source=uri,
+                start_seconds=start / config.sample_rate,
+                mean=mean,
+                std=std,
+                text=text,
+                speaker=meta.get("speaker"),
+                label=meta.get("label"),
+            )
+        )
+    entry = SourceEntry(
+        **base,
+        **measured,
+        status="kept",
+        utterances=tuple(r.id for r in rows),
+        kept_seconds=sum(r.audio.shape[0] for r in rows) / config.sample_rate,
+        dropped_seconds=dropped_seconds,
+        dropped_pieces=len(dropped),
+        audio_sha256=sha,
+    )
+    return entry, rows
+
+
+def utterance_prefix(uri: str) -> str:
+    """A readable, unique id prefix: the file's stem plus a hash of its full URI."""
+    stem = Path(uri.split("://", 1)[-1]).stem
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:48] or "audio"
+    return f"{safe}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"

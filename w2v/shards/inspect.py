@@ -1,0 +1,80 @@
+"""What a shard folder holds, in figures a person reads: hours, utterances, durations, buckets, rejects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from w2v.shards.manifest import Manifest
+from w2v.shards.table import read_stream
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    bucket: int
+    low_seconds: float
+    high_seconds: float
+    shards: int
+    utterances: int
+    hours: float
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    hours: float
+    utterances: int
+    files_seen: int
+    files_kept: int
+    rejected: dict[str, int]
+    rejected_hours: float
+    short_pieces_dropped: int
+    dropped_hours: float
+    histogram_edges_seconds: tuple[float, ...]
+    histogram_counts: tuple[int, ...]
+    buckets: tuple[BucketRow, ...]
+
+
+def utterance_seconds(folder: Path, manifest: Manifest) -> np.ndarray:
+    """Every utterance's duration, read from the shards' num_samples column (memory-mapped)."""
+    columns = [read_stream(folder / s.path).column("num_samples").to_numpy() for s in manifest.shards]
+    samples = np.concatenate(columns) if columns else np.zeros(0, np.int32)
+    return samples.astype(np.float64) / manifest.sample_rate
+
+
+def describe(folder: Path, manifest: Manifest, histogram_bins: int = 10) -> CorpusStats:
+    seconds = utterance_seconds(folder, manifest)
+    edges_list = list(manifest.bucket_edges_seconds)
+    low, high = (edges_list[0], edges_list[-1]) if edges_list else (0.0, 1.0)
+    if seconds.size:
+        low, high = min(low, float(seconds.min())), max(high, float(seconds.max()))
+    counts, edges = np.histogram(seconds, bins=histogram_bins, range=(low, high))
+    totals = manifest.seconds()
+    counted = manifest.counts()
+    buckets = []
+    for bucket in sorted({s.bucket for s in manifest.shards}):
+        members = [s for s in manifest.shards if s.bucket == bucket]
+        buckets.append(
+            BucketRow(
+                bucket=bucket,
+                low_seconds=edges_list[bucket] if bucket < len(edges_list) else 0.0,
+                high_seconds=edges_list[bucket + 1] if bucket + 1 < len(edges_list) else 0.0,
+                shards=len(members),
+                utterances=sum(s.rows for s in members),
+                hours=sum(s.seconds for s in members) / 3600,
+            )
+        )
+    return CorpusStats(
+        hours=totals["in_shards"] / 3600,
+        utterances=counted["utterances"],
+        files_seen=counted["files_seen"],
+        files_kept=counted["files_kept"],
+        rejected=counted["rejected"],
+        rejected_hours=totals["rejected"] / 3600,
+        short_pieces_dropped=counted["short_pieces_dropped"],
+        dropped_hours=totals["dropped_short"] / 3600,
+        histogram_edges_seconds=tuple(float(e) for e in edges),
+        histogram_counts=tuple(int(c) for c in counts),
+        buckets=tuple(buckets),
+    )

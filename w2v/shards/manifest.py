@@ -1,0 +1,219 @@
+"""manifest.json: what a shard folder holds, where each utterance came from, and what was rejected and why.
+
+It is written last and atomically, so a reader never sees shards that a crash left half made.
+The fields are documented in shards/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from w2v.errors import ManifestError
+from w2v.shards.schema import DTYPE, FORMAT, VERSION
+
+MANIFEST_NAME = "manifest.json"
+REJECTS_NAME = "rejects.jsonl"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    path: str  # relative to the manifest's folder
+    bucket: int
+    rows: int
+    seconds: float
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One raw file and what prepare made of it."""
+
+    uri: str
+    size: int
+    mtime: float | None
+    etag: str | None
+    metadata_sha256: str | None
+    status: str  # "kept" or "rejected"
+    reason: str | None = None  # reject code when status == "rejected"
+    error: str | None = None
+    utterances: tuple[str, ...] = ()
+    decoded_seconds: float = 0.0
+    kept_seconds: float = 0.0
+    dropped_seconds: float = 0.0
+    dropped_pieces: int = 0
+    audio_sha256: str | None = None
+    duplicate_of: str | None = None  # the kept source this one duplicates
+    decoder: str | None = None
+    original_sample_rate: int | None = None
+    channels: int | None = None
+    gain: float = 1.0
+
+    def same_file(self, other: SourceEntry) -> bool:
+        """Whether two listings of a URI name the same bytes (and the same metadata row)."""
+        return (
+            self.size == other.size
+            and self.mtime == other.mtime
+            and self.etag == other.etag
+            and self.metadata_sha256 == other.metadata_sha256
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    sample_rate: int
+    generation: int = 0
+    bucket_edges_seconds: tuple[float, ...] = ()
+    shards: tuple[ShardEntry, ...] = ()
+    sources: dict[str, SourceEntry] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    last_run: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    updated: str = ""
+
+    @property
+    def kept_sources(self) -> list[SourceEntry]:
+        return [s for s in self.sources.values() if s.status == "kept"]
+
+    @property
+    def rejected_sources(self) -> list[SourceEntry]:
+        return [s for s in self.sources.values() if s.status == "rejected"]
+
+    def counts(self) -> dict[str, Any]:
+        rejected = Counter(s.reason or "unknown" for s in self.rejected_sources)
+        return {
+            "files_seen": len(self.sources),
+            "files_kept": len(self.kept_sources),
+            "utterances": sum(s.rows for s in self.shards),
+            "rejected": dict(sorted(rejected.items())),
+            "short_pieces_dropped": sum(s.dropped_pieces for s in self.sources.values()),
+            "shards": len(self.shards),
+        }
+
+    def seconds(self) -> dict[str, float]:
+        sources = self.sources.values()
+        return {
+            "decoded": sum(s.decoded_seconds for s in sources),
+            "kept": sum(s.kept_seconds for s in sources),
+            "dropped_short": sum(s.dropped_seconds for s in sources),
+            "rejected": sum(s.decoded_seconds for s in self.rejected_sources),
+            "in_shards": sum(s.seconds for s in self.shards),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "generation": self.generation,
+            "sample_rate": self.sample_rate,
+            "dtype": DTYPE,
+            "created": self.created,
+            "updated": self.updated,
+            "counts": self.counts(),
+            "seconds": self.seconds(),
+            "bucket_edges_seconds": list(self.bucket_edges_seconds),
+            "shards": [asdict(s) for s in self.shards],
+            "config": self.config,
+            "versions": self.versions,
+            "last_run": self.last_run,
+            "sources": {uri: _source_json(s) for uri, s in sorted(self.sources.items())},
+        }
+
+    def with_changes(self, **changes: Any) -> Manifest:
+        return replace(self, **changes)
+
+
+def _source_json(source: SourceEntry) -> dict[str, Any]:
+    data = asdict(source)
+    del data["uri"]
+    data["utterances"] = list(source.utterances)
+    return data
+
+
+def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
+    if data.get("format") != FORMAT:
+        raise ManifestError(f"{where}: not a {FORMAT} manifest (format={data.get('format')!r})")
+    if data.get("version") != VERSION:
+        raise ManifestError(
+            f"{where}: shard format version {data.get('version')} but this w2v reads version {VERSION}; "
+            "re-run `w2v prepare` into a new folder"
+        )
+    try:
+        sources = {
+            uri: SourceEntry(uri=uri, **{**entry, "utterances": tuple(entry["utterances"])})
+            for uri, entry in data["sources"].items()
+        }
+        return Manifest(
+            sample_rate=int(data["sample_rate"]),
+            generation=int(data["generation"]),
+            bucket_edges_seconds=tuple(float(e) for e in data["bucket_edges_seconds"]),
+            shards=tuple(ShardEntry(**s) for s in data["shards"]),
+            sources=sources,
+            config=dict(data["config"]),
+            versions=dict(data["versions"]),
+            last_run=dict(data.get("last_run", {})),
+            created=str(data.get("created", "")),
+            updated=str(data.get("updated", "")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ManifestError(f"{where}: malformed manifest ({error})") from error
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ManifestError(f"{path}: no manifest; is this a folder made by `w2v prepare`?") from error
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{path}: not valid JSON ({error})") from error
+    return manifest_from_json(data, str(path))
+
+
+def read_manifest_or_none(folder: Path) -> Manifest | None:
+    return read_manifest(folder) if (folder / MANIFEST_NAME).exists() else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1) + "\n")
+
+
+def rejects_jsonl(manifest: Manifest) -> str:
+    """One line per rejected source: uri, reason code, error text, and seconds lost."""
+    lines = []
+    for source in sorted(manifest.rejected_sources, key=lambda s: s.uri):
+        row = {
+            "source": source.uri,
+            "reason": source.reason,
+            "error": source.error,
+            "decoded_seconds": source.decoded_seconds,
+        }
+        if source.duplicate_of:
+            row["duplicate_of"] = source.duplicate_of
+        lines.append(json.dumps(row))
+    return "".join(line + "\n" for line in lines)

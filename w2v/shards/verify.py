@@ -1,0 +1,76 @@
+"""Check a shard folder against its manifest: files, sizes, checksums, schema, row counts, ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from w2v.errors import ManifestError
+from w2v.shards.manifest import Manifest, read_manifest
+from w2v.shards.schema import SCHEMA
+from w2v.shards.table import read_stream, sha256_file
+
+
+def verify(folder: Path) -> list[str]:
+    """Every problem found, one line each naming the file; an empty list means the folder is sound."""
+    try:
+        manifest = read_manifest(folder)
+    except ManifestError as error:
+        return [str(error)]
+    return list(_problems(folder, manifest))
+
+
+def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
+    seen_ids: set[str] = set()
+    for entry in manifest.shards:
+        path = folder / entry.path
+        if not path.is_file():
+            yield f"{path}: missing"
+            continue
+        size = path.stat().st_size
+        if size != entry.bytes:
+            yield f"{path}: {size} bytes, manifest says {entry.bytes}"
+            continue
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            yield f"{path}: sha256 {digest[:12]}…, manifest says {entry.sha256[:12]}… (corrupted or replaced)"
+            continue
+        try:
+            table = read_stream(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            yield f"{path}: not a readable Arrow stream ({error})"
+            continue
+        yield from _table_problems(path, table, entry.rows, entry.seconds, manifest.sample_rate)
+        for utterance_id in table.column("id").to_pylist():
+            if utterance_id in seen_ids:
+                yield f"{path}: utterance id {utterance_id} also appears in another shard"
+            seen_ids.add(utterance_id)
+    expected = {u for s in manifest.kept_sources for u in s.utterances}
+    if expected != seen_ids:
+        missing = sorted(expected - seen_ids)[:3]
+        extra = sorted(seen_ids - expected)[:3]
+        yield (
+            f"{folder / 'manifest.json'}: sources list {len(expected)} utterances, shards hold {len(seen_ids)} "
+            f"(missing e.g. {missing}, unlisted e.g. {extra})"
+        )
+
+
+def _table_problems(path: Path, table: pa.Table, rows: int, seconds: float, sample_rate: int) -> Iterator[str]:
+    if not table.schema.equals(SCHEMA, check_metadata=False):
+        yield f"{path}: schema differs from the shard schema ({table.schema.names})"
+        return
+    if table.num_rows != rows:
+        yield f"{path}: {table.num_rows} rows, manifest says {rows}"
+    lengths = table.column("num_samples").to_numpy()
+    actual = np.concatenate(
+        [np.diff(chunk.offsets.to_numpy()) for chunk in table.column("audio").chunks] or [np.zeros(0)]
+    )
+    if not np.array_equal(lengths, actual):
+        yield f"{path}: num_samples disagrees with the audio column"
+    if abs(float(lengths.sum()) / sample_rate - seconds) > 1e-6 * max(1.0, seconds):
+        yield f"{path}: holds {lengths.sum() / sample_rate:.3f} s, manifest says {seconds:.3f} s"
+    if np.any(np.diff(lengths) < 0):
+        yield f"{path}: rows are not sorted by length"
