@@ -88,12 +88,14 @@ def _show_progress(out: Path, stop: threading.Event) -> None:
         TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:
         task = bar.add_task("files", total=None)
+        planned: int | None = None
         while not stop.wait(0.5):
             done, total = staged_progress(out)
-            bar.update(task, completed=done, total=total)
-        done, total = staged_progress(out)
-        if total:
-            bar.update(task, completed=total, total=total)
+            planned = total if total is not None else planned
+            bar.update(task, completed=done, total=planned)
+        # The run's commit removes the staging folder: what was planned is what was done.
+        if planned is not None:
+            bar.update(task, completed=planned, total=planned)
 
 
 @shards_app.command("verify")

@@ -25,23 +25,18 @@ def verify(folder: Path) -> list[str]:
 
 def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
     seen_ids: set[str] = set()
+    all_read = True
     for entry in manifest.shards:
         path = folder / entry.path
-        if not path.is_file():
-            yield f"{path}: missing"
-            continue
-        size = path.stat().st_size
-        if size != entry.bytes:
-            yield f"{path}: {size} bytes, manifest says {entry.bytes}"
-            continue
-        digest = sha256_file(path)
-        if digest != entry.sha256:
-            yield f"{path}: sha256 {digest[:12]}…, manifest says {entry.sha256[:12]}… (corrupted or replaced)"
-            continue
-        try:
-            table = read_stream(path)
-        except (pa.ArrowInvalid, OSError) as error:
-            yield f"{path}: not a readable Arrow stream ({error})"
+        problem = _file_problem(path, entry.bytes, entry.sha256)
+        if problem is None:
+            try:
+                table = read_stream(path)
+            except (pa.ArrowInvalid, OSError) as error:
+                problem = f"{path}: not a readable Arrow stream ({error})"
+        if problem is not None:
+            all_read = False
+            yield problem
             continue
         yield from _table_problems(path, table, entry.rows, entry.seconds, manifest.sample_rate)
         for utterance_id in table.column("id").to_pylist():
@@ -49,13 +44,25 @@ def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
                 yield f"{path}: utterance id {utterance_id} also appears in another shard"
             seen_ids.add(utterance_id)
     expected = {u for s in manifest.kept_sources for u in s.utterances}
-    if expected != seen_ids:
+    if all_read and expected != seen_ids:
         missing = sorted(expected - seen_ids)[:3]
         extra = sorted(seen_ids - expected)[:3]
         yield (
             f"{folder / 'manifest.json'}: sources list {len(expected)} utterances, shards hold {len(seen_ids)} "
             f"(missing e.g. {missing}, unlisted e.g. {extra})"
         )
+
+
+def _file_problem(path: Path, expected_bytes: int, expected_sha256: str) -> str | None:
+    if not path.is_file():
+        return f"{path}: missing"
+    size = path.stat().st_size
+    if size != expected_bytes:
+        return f"{path}: {size} bytes, manifest says {expected_bytes}"
+    digest = sha256_file(path)
+    if digest != expected_sha256:
+        return f"{path}: sha256 {digest[:12]}…, manifest says {expected_sha256[:12]}… (corrupted or replaced)"
+    return None
 
 
 def _table_problems(path: Path, table: pa.Table, rows: int, seconds: float, sample_rate: int) -> Iterator[str]:
