@@ -29,7 +29,8 @@ def test_prepare_reads_an_s3_prefix_and_skips_unchanged_objects_by_etag(
 ) -> None:
     fs = s3fs.S3FileSystem(**s3.storage_options)  # type: ignore[arg-type]
     fs.mkdir("raw-audio")
-    for name in ("speech.flac", "speech.mp3", "notaudio.wav", "speech.m4a"):
+    names = ("speech.flac", "speech.mp3", "notaudio.wav", "speech.m4a")
+    for name in names:
         fs.put(str(corpus.path(name)), f"raw-audio/corpus/{name}")
     out = tmp_path / "shards"
     config = PrepareConfig(files_per_chunk=2)
