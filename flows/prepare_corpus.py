@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
 from w2v.prepare.process import Chunk
 from w2v.prepare.report import corpus_report_markdown, run_summary
@@ -95,28 +96,25 @@ def prepare_corpus(
         files_per_chunk=files_per_chunk,
     )
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage_options)
-
-    # Each decode-chunk task waits in a thread on a child process of its own (see w2v.prepare.isolated).
-    runner: ThreadPoolTaskRunner[Any]
-    with ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1) as runner:
-        decoded: list[PrefectFuture[Path]] = [
-            # Prefect's overloads of submit() do not admit a sync task: hence the ignore.
-            runner.submit(
-                decode_chunk,  # type: ignore[arg-type]
-                {
-                    "chunk": c,
-                    "config": config,
-                    "staging": run_plan.staging,
-                    "storage_options": storage_options,
-                },
-            )
-            for c in run_plan.chunks
-        ]
-        for future in decoded:
-            future.result()
-
-    manifest = commit(run_plan, config, started)
+    with exclusive_writer(out_dir):
+        run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage_options)
+        decode_all(run_plan, config, workers, storage_options)
+        manifest = commit(run_plan, config, started)
     publish_report(manifest, out_dir)
     return run_summary(manifest)
+
+
+def decode_all(
+    run_plan: RunPlan, config: PrepareConfig, workers: int | None, storage_options: dict[str, Any] | None
+) -> None:
+    """Submit one decode-chunk task per chunk, `workers` at a time; each waits on a child process of its own."""
+    runner: ThreadPoolTaskRunner[Any]
+    with ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1) as runner:
+        parameters = {"config": config, "staging": run_plan.staging, "storage_options": storage_options}
+        # Prefect's overloads of submit() do not admit a sync task: hence the ignore.
+        futures: list[PrefectFuture[Path]] = [
+            runner.submit(decode_chunk, {"chunk": chunk, **parameters})  # type: ignore[arg-type]
+            for chunk in run_plan.chunks
+        ]
+        for future in futures:
+            future.result()

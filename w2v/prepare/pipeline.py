@@ -22,6 +22,7 @@ import w2v
 from w2v.errors import ManifestError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.metadata import load_metadata
 from w2v.prepare.pack import STAGING_NAME, commit
 from w2v.prepare.process import Chunk, SourceTask, plan_chunks
@@ -124,8 +125,19 @@ def prepare(
     """Run prepare-corpus in this process and `workers` worker processes; returns the committed manifest."""
     config = config or PrepareConfig()
     started = utc_now()
-    out.mkdir(parents=True, exist_ok=True)
-    plan = plan_run(sources, out, config, metadata_path, storage_options)
+    with exclusive_writer(out):
+        plan = plan_run(sources, out, config, metadata_path, storage_options)
+        decode_chunks(plan, config, workers, storage_options, on_chunk_done)
+        return commit_run(plan, config, started)
+
+
+def decode_chunks(
+    plan: RunPlan,
+    config: PrepareConfig,
+    workers: int | None,
+    storage_options: dict[str, Any] | None,
+    on_chunk_done: Callable[[Chunk], None] | None = None,
+) -> None:
     # Threads only wait here: each chunk is decoded in a child process of its own.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         futures = {
@@ -135,7 +147,6 @@ def prepare(
             future.result()
             if on_chunk_done:
                 on_chunk_done(futures[future])
-    return commit_run(plan, config, started)
 
 
 def utc_now() -> str:
