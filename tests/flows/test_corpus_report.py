@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.prepare_corpus import prepare_corpus
@@ -17,8 +19,15 @@ pytestmark = pytest.mark.slow
 
 
 async def _report_markdown() -> str:
+    # Every argument explicit: this server (with fastapi 0.153) refuses the client's nulls for defaults.
     async with get_client() as client:
-        artifacts = await client.read_artifacts()
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["corpus-report"])),
+            flow_run_filter=FlowRunFilter(),
+            task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=10,
+        )
     (report,) = [a for a in artifacts if a.key == "corpus-report"]
     return str(report.data)
 
