@@ -63,11 +63,15 @@ def test_seconds_kept_dropped_and_rejected_add_up_to_seconds_decoded(prepared: P
     manifest = prepared.manifest
     rate = manifest.sample_rate
     for source in manifest.sources.values():
-        lost = source.decoded_seconds if source.status == "rejected" else source.dropped_seconds
-        pieces = max(1, len(source.utterances) + source.dropped_pieces)
+        if source.status == "rejected":
+            lost = source.decoded_seconds
+        else:
+            lost = source.dropped_seconds + source.filtered_seconds
+        pieces = max(1, len(source.utterances) + source.dropped_pieces + len(source.filtered))
         assert abs(source.kept_seconds + lost - source.decoded_seconds) <= pieces / rate
     totals = manifest.seconds()
-    assert totals["kept"] + totals["dropped_short"] + totals["rejected"] == pytest.approx(totals["decoded"])
+    accounted = totals["kept"] + totals["dropped_short"] + totals["filtered"] + totals["rejected"]
+    assert accounted == pytest.approx(totals["decoded"])
     assert totals["in_shards"] == pytest.approx(totals["kept"], abs=1 / rate)
     assert totals["rejected"] > 0  # silence, the short clip and the duplicate were decoded, then rejected
 

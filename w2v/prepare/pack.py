@@ -20,6 +20,7 @@ from w2v.prepare.buckets import assign_buckets, equal_duration_edges
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.process import part_paths, read_part
 from w2v.prepare.progress import STAGING_NAME
+from w2v.shards.histograms import quality_histograms
 from w2v.shards.manifest import (
     REJECTS_NAME,
     Manifest,
@@ -73,12 +74,14 @@ def commit(
     shards = _rewrite_shards_without(out, previous, replaced, generation, config.sample_rate)
     shards += _write_new_shards(out, parts, new_rows, edges, generation, config)
 
+    all_shards = tuple(sorted(shards, key=lambda s: (s.bucket, s.path)))
     manifest = previous.with_changes(
         sample_rate=config.sample_rate,
         generation=generation,
         bucket_edges_seconds=tuple(edges),
-        shards=tuple(sorted(shards, key=lambda s: (s.bucket, s.path))),
+        shards=all_shards,
         sources=sources,
+        quality_histograms=quality_histograms([out / s.path for s in all_shards]),
         config=config.to_dict(),
         versions=versions,
         last_run=last_run,
@@ -115,6 +118,8 @@ def _deduplicate(kept_before: dict[str, SourceEntry], staged: dict[str, SourceEn
             kept_seconds=0.0,
             dropped_seconds=0.0,
             dropped_pieces=0,
+            filtered=(),
+            filtered_seconds=0.0,
         )
     return result
 

@@ -79,13 +79,10 @@ def plan_run(
 
 def check_compatible(previous: Manifest, config: PrepareConfig, out: Path) -> None:
     """Refuse to mix shards made with different decode settings into one folder."""
-    before = PrepareConfig(**previous.config) if previous.config else None
+    before = PrepareConfig.from_dict(previous.config) if previous.config else None
     if before is not None and before.decode_fingerprint() != config.decode_fingerprint():
-        changed = [
-            f"{k}: {v} -> {config.to_dict()[k]}"
-            for k, v in before.to_dict().items()
-            if v != config.to_dict()[k] and k not in {"shard_mb", "num_buckets", "files_per_chunk"}
-        ]
+        now = config.decoding_settings()
+        changed = [f"{k}: {v} -> {now[k]}" for k, v in before.decoding_settings().items() if v != now[k]]
         raise ManifestError(
             f"{out}: prepared with other settings ({'; '.join(changed)}); use a new --out or the same settings"
         )

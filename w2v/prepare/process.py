@@ -10,20 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from w2v import audio
+from w2v import audio, quality
 from w2v.decode import decode
 from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
+from w2v.prepare.filters import first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
-from w2v.shards.manifest import SourceEntry, write_text_atomic
+from w2v.shards.manifest import SourceEntry, source_entry_from_json, source_entry_to_json, write_text_atomic
 from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
 from w2v.storage import Source, open_source
+from w2v.vad import speech_detector
 
 # int16 peak at or below this many steps counts as digital silence (dither alone).
 SILENT_PEAK_STEPS = 1
@@ -86,20 +88,14 @@ def write_part(key: str, staging: Path, results: list[tuple[SourceEntry, list[Ut
     staging.mkdir(parents=True, exist_ok=True)
     rows = [row for _, utterances in results for row in utterances]
     write_stream_atomic(utterance_table(rows), arrow_path)
-    record = {"key": key, "sources": [_entry_json(entry) for entry, _ in results]}
+    record = {"key": key, "sources": [source_entry_to_json(entry) for entry, _ in results]}
     write_text_atomic(json_path, json.dumps(record) + "\n")
     return json_path
 
 
 def read_part(json_path: Path) -> list[SourceEntry]:
     record = json.loads(json_path.read_text())
-    return [SourceEntry(**{**e, "utterances": tuple(e["utterances"])}) for e in record["sources"]]
-
-
-def _entry_json(entry: SourceEntry) -> dict[str, Any]:
-    data = asdict(entry)
-    data["utterances"] = list(entry.utterances)
-    return data
+    return [source_entry_from_json(e) for e in record["sources"]]
 
 
 def process_source(
@@ -145,11 +141,11 @@ def _process(
     scaled, gain = audio.fit_to_full_scale(resampled)
     pcm = audio.to_int16(scaled)
     decoded_seconds = pcm.shape[0] / config.sample_rate
-    measured = {**described, "gain": gain, "decoded_seconds": decoded_seconds}
+    measured_source = {**described, "gain": gain, "decoded_seconds": decoded_seconds}
     peak = int(np.max(np.abs(pcm.astype(np.int32))))
     if peak <= SILENT_PEAK_STEPS:
         error = f"{uri}: digitally silent (peak {peak} of 32767 over {decoded_seconds:.2f} s)"
-        return SourceEntry(**base, **measured, status="rejected", reason="silent", error=error), []
+        return SourceEntry(**base, **measured_source, status="rejected", reason="silent", error=error), []
 
     plan = audio.plan_segments(pcm, config.sample_rate, config.max_seconds, config.search_seconds)
     kept = plan.kept(config.min_samples)
@@ -158,16 +154,36 @@ def _process(
     sha = hashlib.sha256(pcm.tobytes()).hexdigest()
     if not kept:
         error = f"{uri}: {decoded_seconds:.2f} s is shorter than min_seconds={config.min_seconds}"
-        entry = SourceEntry(**base, **measured, status="rejected", reason="too_short", error=error)
+        entry = SourceEntry(**base, **measured_source, status="rejected", reason="too_short", error=error)
         return entry, []
 
     meta = task.metadata or {}
     # A transcript belongs to the whole recording: it cannot be split with the audio.
     text = meta.get("text") if len(plan.bounds) == 1 else None
     prefix = utterance_prefix(uri)
-    rows = []
+    ratio = decoded.sample_rate / config.sample_rate
+    detector = speech_detector(config.vad)
+    rows: list[Utterance] = []
+    filtered: list[dict[str, Any]] = []
     for k, (start, end) in enumerate(kept):
         piece = pcm[start:end]
+        measured = None
+        if config.measure_quality:
+            span = decoded.samples[round(start * ratio) : round(end * ratio)]
+            measured = quality.measure(audio.int16_to_float(piece), config.sample_rate, span, detector)
+            failure = first_failure(measured, config.quality)
+            if failure is not None:
+                filtered.append(
+                    {
+                        "id": f"{prefix}-{k:04d}",
+                        "start_seconds": start / config.sample_rate,
+                        "seconds": (end - start) / config.sample_rate,
+                        "reason": failure.reason,
+                        "value": failure.value,
+                        "threshold": failure.threshold,
+                    }
+                )
+                continue
         mean, std = audio.mean_std(piece)
         rows.append(
             Utterance(
@@ -180,16 +196,23 @@ def _process(
                 text=text,
                 speaker=meta.get("speaker"),
                 label=meta.get("label"),
+                quality=measured,
             )
         )
+    if not rows:
+        reasons = ", ".join(f"{f['reason']} ({f['value']:.3g} vs {f['threshold']:.3g})" for f in filtered)
+        error = f"{uri}: every piece fails a quality filter: {reasons}"
+        return SourceEntry(**base, **measured_source, status="rejected", reason=filtered[0]["reason"], error=error), []
     entry = SourceEntry(
         **base,
-        **measured,
+        **measured_source,
         status="kept",
         utterances=tuple(r.id for r in rows),
         kept_seconds=sum(r.audio.shape[0] for r in rows) / config.sample_rate,
         dropped_seconds=dropped_seconds,
         dropped_pieces=len(dropped),
+        filtered=tuple(filtered),
+        filtered_seconds=sum(f["seconds"] for f in filtered),
         audio_sha256=sha,
     )
     return entry, rows

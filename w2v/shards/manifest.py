@@ -47,6 +47,9 @@ class SourceEntry:
     kept_seconds: float = 0.0
     dropped_seconds: float = 0.0
     dropped_pieces: int = 0
+    # Pieces removed by the quality filters: {id, start_seconds, seconds, reason, value, threshold} each.
+    filtered: tuple[dict[str, Any], ...] = ()
+    filtered_seconds: float = 0.0
     audio_sha256: str | None = None
     duplicate_of: str | None = None  # the kept source this one duplicates
     decoder: str | None = None
@@ -74,6 +77,7 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
+    quality_histograms: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
 
@@ -93,6 +97,7 @@ class Manifest:
             "utterances": sum(s.rows for s in self.shards),
             "rejected": dict(sorted(rejected.items())),
             "short_pieces_dropped": sum(s.dropped_pieces for s in self.sources.values()),
+            "filtered": dict(sorted(Counter(f["reason"] for s in self.sources.values() for f in s.filtered).items())),
             "shards": len(self.shards),
         }
 
@@ -102,6 +107,7 @@ class Manifest:
             "decoded": sum(s.decoded_seconds for s in sources),
             "kept": sum(s.kept_seconds for s in sources),
             "dropped_short": sum(s.dropped_seconds for s in sources),
+            "filtered": sum(s.filtered_seconds for s in sources),
             "rejected": sum(s.decoded_seconds for s in self.rejected_sources),
             "in_shards": sum(s.seconds for s in self.shards),
         }
@@ -122,6 +128,7 @@ class Manifest:
             "config": self.config,
             "versions": self.versions,
             "last_run": self.last_run,
+            "quality_histograms": self.quality_histograms,
             "sources": {uri: _source_json(s) for uri, s in sorted(self.sources.items())},
         }
 
@@ -130,10 +137,20 @@ class Manifest:
 
 
 def _source_json(source: SourceEntry) -> dict[str, Any]:
-    data = asdict(source)
+    data = source_entry_to_json(source)
     del data["uri"]
-    data["utterances"] = list(source.utterances)
     return data
+
+
+def source_entry_to_json(source: SourceEntry) -> dict[str, Any]:
+    data = asdict(source)
+    data["utterances"] = list(source.utterances)
+    data["filtered"] = list(source.filtered)
+    return data
+
+
+def source_entry_from_json(data: dict[str, Any]) -> SourceEntry:
+    return SourceEntry(**{**data, "utterances": tuple(data["utterances"]), "filtered": tuple(data["filtered"])})
 
 
 def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
@@ -145,10 +162,7 @@ def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
             "re-run `w2v prepare` into a new folder"
         )
     try:
-        sources = {
-            uri: SourceEntry(uri=uri, **{**entry, "utterances": tuple(entry["utterances"])})
-            for uri, entry in data["sources"].items()
-        }
+        sources = {uri: source_entry_from_json({**entry, "uri": uri}) for uri, entry in data["sources"].items()}
         return Manifest(
             sample_rate=int(data["sample_rate"]),
             generation=int(data["generation"]),
@@ -158,6 +172,7 @@ def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
             config=dict(data["config"]),
             versions=dict(data["versions"]),
             last_run=dict(data.get("last_run", {})),
+            quality_histograms=dict(data.get("quality_histograms", {})),
             created=str(data.get("created", "")),
             updated=str(data.get("updated", "")),
         )
@@ -216,4 +231,7 @@ def rejects_jsonl(manifest: Manifest) -> str:
         if source.duplicate_of:
             row["duplicate_of"] = source.duplicate_of
         lines.append(json.dumps(row))
+    for source in sorted(manifest.kept_sources, key=lambda s: s.uri):
+        for piece in source.filtered:
+            lines.append(json.dumps({"source": source.uri, **piece}))
     return "".join(line + "\n" for line in lines)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 
 FORMAT = "w2v-shards"
-VERSION = 1
+# 2: per-utterance quality columns.
+VERSION = 2
 DTYPE = "int16"
 
 METADATA_COLUMNS = ("text", "speaker", "label")
+# Null when prepare ran with measure_quality off (loudness also when an utterance is too short to measure).
+QUALITY_COLUMNS = ("peak", "clipped_share", "dc_offset", "rms_dbfs", "loudness_lufs", "snr_db", "speech_share")
 
 SCHEMA = pa.schema(
     [
@@ -20,6 +23,7 @@ SCHEMA = pa.schema(
         pa.field("mean", pa.float32(), nullable=False),
         pa.field("std", pa.float32(), nullable=False),
         *(pa.field(name, pa.string(), nullable=True) for name in METADATA_COLUMNS),
+        *(pa.field(name, pa.float32(), nullable=True) for name in QUALITY_COLUMNS),
     ],
     metadata={"format": FORMAT, "version": str(VERSION)},
 )

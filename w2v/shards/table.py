@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from w2v.shards.schema import METADATA_COLUMNS, ROWS_PER_BATCH, SCHEMA
+from w2v.quality import Quality
+from w2v.shards.schema import METADATA_COLUMNS, QUALITY_COLUMNS, ROWS_PER_BATCH, SCHEMA
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Utterance:
     text: str | None = None
     speaker: str | None = None
     label: str | None = None
+    quality: Quality | None = None
 
 
 def utterance_table(rows: Sequence[Utterance]) -> pa.Table:
@@ -46,6 +48,8 @@ def utterance_table(rows: Sequence[Utterance]) -> pa.Table:
     }
     for name in METADATA_COLUMNS:
         columns[name] = pa.array([getattr(r, name) for r in rows], pa.string())
+    for name in QUALITY_COLUMNS:
+        columns[name] = pa.array([getattr(r.quality, name) if r.quality else None for r in rows], pa.float32())
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 
 

@@ -1,0 +1,83 @@
+"""Quality measurements on cases with a known answer: speech in noise, clipping, DC offset, tone, noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soxr
+
+from tests.corpus import read_speech
+from w2v import quality
+
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """About 8 s of espeak-ng speech: three sentences, two voices, with short pauses as people make them."""
+    pieces = []
+    for text, voice in [
+        ("The committee will meet again on Thursday to review the budget.", "en-us"),
+        ("Please bring the signed forms and a copy of last year's report.", "en-gb"),
+        ("Nobody expected the river to rise so quickly after the storm.", "en-us"),
+    ]:
+        audio, rate = read_speech(text, voice)
+        pieces += [soxr.resample(audio, rate, RATE).astype(np.float32), np.zeros(int(0.4 * RATE), np.float32)]
+    return np.concatenate(pieces) * np.float32(0.5)
+
+
+def _with_noise(speech: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(0, 1, speech.shape[0])
+    noise *= np.sqrt(np.sum(speech.astype(np.float64) ** 2) / np.sum(noise**2) / 10 ** (snr_db / 10))
+    return (speech + noise).astype(np.float32)
+
+
+def test_snr_estimate_is_within_3_db_from_10_to_30_db_and_monotone(speech: np.ndarray) -> None:
+    estimates = {}
+    for truth in (0, 10, 20, 30):
+        estimates[truth] = quality.measure(_with_noise(speech, truth), RATE).snr_db
+    for truth in (10, 20, 30):
+        assert abs(estimates[truth] - truth) <= 3, estimates
+    assert estimates[0] < estimates[10] < estimates[20] < estimates[30], estimates
+
+
+def test_clean_speech_measures_clean(speech: np.ndarray) -> None:
+    measured = quality.measure(speech, RATE)
+    assert measured.clipped_share < 0.001
+    assert abs(measured.dc_offset) < 0.001
+    assert measured.snr_db > 40
+    assert 0.5 < measured.speech_share < 0.98
+    assert measured.loudness_lufs is not None and -40 < measured.loudness_lufs < -10
+    assert measured.peak == pytest.approx(float(np.max(np.abs(speech))))
+
+
+def test_hard_clipping_at_a_third_of_the_peak_is_detected(speech: np.ndarray) -> None:
+    level = 0.3 * float(np.max(np.abs(speech)))
+    clipped = np.clip(speech, -level, level)
+    truth = float(np.mean(np.abs(speech) >= level))
+    assert 0.8 * truth <= quality.measure(clipped, RATE).clipped_share <= truth
+    # The flat tops are found at any rate the audio was decoded at, and in any channel.
+    stereo = np.stack([speech, clipped], axis=1)
+    assert quality.clipped_share(stereo) == pytest.approx(quality.clipped_share(clipped))
+
+
+def test_dc_offset_is_measured(speech: np.ndarray) -> None:
+    assert quality.measure(speech + np.float32(0.2), RATE).dc_offset == pytest.approx(0.2, abs=0.002)
+
+
+def test_noise_and_a_tone_have_no_speech() -> None:
+    seconds = np.arange(5 * RATE) / RATE
+    tone = (0.3 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32)
+    noise = np.random.default_rng(1).normal(0, 0.1, 5 * RATE).astype(np.float32)
+    for signal in (tone, noise):
+        measured = quality.measure(signal, RATE)
+        assert measured.speech_share < 0.05
+        assert measured.snr_db < 0
+
+
+def test_levels_of_a_full_scale_sine() -> None:
+    sine = np.sin(2 * np.pi * 997 * np.arange(RATE) / RATE).astype(np.float32)
+    measured = quality.measure(sine, RATE)
+    assert measured.rms_dbfs == pytest.approx(-3.01, abs=0.05)
+    assert measured.loudness_lufs == pytest.approx(-3.01, abs=0.3)  # BS.1770's calibration point
+    assert quality.measure(np.zeros(RATE, np.float32), RATE).loudness_lufs is None
