@@ -17,6 +17,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from w2v.prepare.config import PrepareConfig
+from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
@@ -84,6 +85,9 @@ def prepare_corpus(
     workers: int | None = None,
     metadata: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    measure_quality: bool = True,
+    vad: str = "energy",
+    quality: QualityThresholds | None = None,
 ) -> dict[str, Any]:
     """Prepare shards from SOURCES (folders, globs, list files, s3:// prefixes) into OUT."""
     started = utc_now()
@@ -94,6 +98,9 @@ def prepare_corpus(
         num_buckets=num_buckets,
         shard_mb=shard_mb,
         files_per_chunk=files_per_chunk,
+        measure_quality=measure_quality,
+        vad=vad,
+        quality=quality if quality is not None else QualityThresholds(),
     )
     out_dir = Path(out)
     with exclusive_writer(out_dir):

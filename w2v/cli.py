@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from w2v.errors import W2VError
+from w2v.prepare.filters import QualityThresholds
 
 app = typer.Typer(help="w2v: raw speech corpus to pretrained wav2vec 2.0.", no_args_is_help=True)
 shards_app = typer.Typer(help="Check and describe shard folders.", no_args_is_help=True)
@@ -45,12 +46,23 @@ def prepare(
     storage_options: Annotated[
         str | None, typer.Option(help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://…"}\'.')
     ] = None,
+    vad: Annotated[str, typer.Option(help="Speech detector: energy (fast) or silero (accurate, ~40x slower).")] = (
+        "energy"
+    ),
+    measure: Annotated[bool, typer.Option(help="Measure quality (and so allow the filters).")] = True,
+    max_clipped_share: Annotated[str, typer.Option(help="Reject pieces clipped more than this; 'off'.")] = "0.01",
+    min_snr_db: Annotated[str, typer.Option(help="Reject pieces with a lower SNR estimate; 'off'.")] = "3",
+    min_speech_share: Annotated[str, typer.Option(help="Reject pieces with less speech; 'off'.")] = "0.1",
+    max_dc_offset: Annotated[str, typer.Option(help="Reject pieces with a larger |DC offset|; 'off'.")] = "0.1",
 ) -> None:
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
     _offline_prefect_defaults()
     from flows.prepare_corpus import prepare_corpus
 
     options: dict[str, Any] | None = json.loads(storage_options) if storage_options else None
+    thresholds = _thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
+    if not measure:
+        thresholds = QualityThresholds(None, None, None, None)
     stop = threading.Event()
     watcher = threading.Thread(target=_show_progress, args=(out, stop), daemon=True)
     watcher.start()
@@ -67,6 +79,9 @@ def prepare(
             workers=workers,
             metadata=str(metadata) if metadata else None,
             storage_options=options,
+            measure_quality=measure,
+            vad=vad,
+            quality=thresholds,
         )
     except W2VError as error:
         _fail(str(error))
@@ -78,6 +93,26 @@ def prepare(
         f"[green]{out}[/]: {seconds['in_shards'] / 3600:.2f} h in {counts['utterances']} utterances, "
         f"{counts['shards']} shards; this run decoded {summary['last_run']['files_decoded']} of "
         f"{summary['last_run']['files_listed']} files; rejected: {counts['rejected'] or 'none'}"
+    )
+
+
+def _threshold(name: str, value: str | None) -> float | None:
+    if value is None or value.strip().lower() in {"off", "none", ""}:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        _fail(f"--{name.replace('_', '-')}: expected a number or 'off', got {value!r}")
+
+
+def _thresholds(
+    max_clipped_share: str | None, min_snr_db: str | None, min_speech_share: str | None, max_dc_offset: str | None
+) -> QualityThresholds:
+    return QualityThresholds(
+        max_clipped_share=_threshold("max_clipped_share", max_clipped_share),
+        min_snr_db=_threshold("min_snr_db", min_snr_db),
+        min_speech_share=_threshold("min_speech_share", min_speech_share),
+        max_dc_offset=_threshold("max_dc_offset", max_dc_offset),
     )
 
 
@@ -111,10 +146,35 @@ def shards_verify(folder: Annotated[Path, typer.Argument(help="A folder made by 
     console.print(f"[green]✓[/] {folder}: every shard matches the manifest")
 
 
+@shards_app.command("filter")
+def shards_filter(
+    src: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")],
+    out: Annotated[Path, typer.Option(help="New folder for the filtered copy.")],
+    max_clipped_share: Annotated[str | None, typer.Option(help="Remove pieces clipped more than this.")] = None,
+    min_snr_db: Annotated[str | None, typer.Option(help="Remove pieces with a lower SNR estimate.")] = None,
+    min_speech_share: Annotated[str | None, typer.Option(help="Remove pieces with less speech.")] = None,
+    max_dc_offset: Annotated[str | None, typer.Option(help="Remove pieces with a larger |DC offset|.")] = None,
+) -> None:
+    """Copy a shard folder keeping only utterances that pass stricter filters (no decoding)."""
+    from w2v.prepare.pipeline import utc_now
+    from w2v.shards.filter import filter_folder
+
+    thresholds = _thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
+    if thresholds == QualityThresholds(None, None, None, None):
+        _fail("give at least one filter, e.g. --min-snr-db 10")
+    try:
+        manifest = filter_folder(src, out, thresholds, utc_now())
+    except W2VError as error:
+        _fail(str(error))
+    removed = manifest.last_run["removed"]
+    console.print(f"[green]{out}[/]: {manifest.counts()['utterances']} utterances kept, {removed} removed")
+
+
 @shards_app.command("inspect")
 def shards_inspect(
     folder: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also write the quality histograms as a PNG here.")] = None,
 ) -> None:
     """Hours, utterances, duration histogram, bucket table and rejects by reason."""
     from dataclasses import asdict
@@ -155,6 +215,20 @@ def shards_inspect(
         f"rejected audio {stats.rejected_hours * 3600:.1f} s; short pieces dropped {stats.short_pieces_dropped} "
         f"({stats.dropped_hours * 3600:.1f} s)"
     )
+    removed = Table("reason", "seconds removed", title="Audio removed, by reason")
+    for reason, seconds in stats.seconds_removed_by_reason.items():
+        removed.add_row(reason, f"{seconds:.1f}")
+    out.print(removed)
+    quality = Table("measure", "histogram (bin lower edges: counts)", title="Quality of kept utterances")
+    for name, histogram in stats.quality_histograms.items():
+        cells = [f"{e:g}:{c}" for e, c in zip(histogram["edges"], histogram["counts"], strict=False) if c]
+        quality.add_row(name, "  ".join(cells) or "not measured")
+    out.print(quality)
+    if plot is not None:
+        from w2v.shards.plot import quality_plot_png
+
+        plot.write_bytes(quality_plot_png(stats.quality_histograms, str(folder)))
+        out.print(f"quality histograms: {plot}")
 
 
 def _fail(message: str) -> NoReturn:

@@ -79,9 +79,16 @@ def energy_speech_share(samples: np.ndarray, sample_rate: int) -> float:
     Cheap and blind to what the sound is: steady noise or a tone has no frame above its own floor, so it
     scores near 0; music scores like speech (use the silero detector where that matters).
     """
-    energies = frame_energies(samples, sample_rate)
+    energies = frame_energies(_without_dc(samples), sample_rate)
     threshold = max(noise_floor(energies) * 10 ** (SPEECH_MARGIN_DB / 10), 10 ** (SPEECH_FLOOR_DBFS / 10))
     return float(np.mean(energies > threshold))
+
+
+def _without_dc(samples: np.ndarray) -> np.ndarray:
+    """Energies count the signal, not a constant offset (measured separately as dc_offset)."""
+    if samples.size == 0:
+        return samples
+    return (samples - np.float32(np.mean(samples, dtype=np.float64))).astype(np.float32)
 
 
 def clipped_share(samples: np.ndarray) -> float:
@@ -137,7 +144,7 @@ def measure(
     speech_detector: SpeechDetector = energy_speech_share,
 ) -> Quality:
     """Measure float32 mono `samples`; `decoded` is the same span as decoded (any rate, any channels)."""
-    energies = frame_energies(samples, sample_rate)
+    energies = frame_energies(_without_dc(samples), sample_rate)
     return Quality(
         peak=float(np.max(np.abs(samples))) if samples.size else 0.0,
         clipped_share=clipped_share(decoded if decoded is not None else samples),

@@ -42,3 +42,4 @@ def test_flow_run_publishes_a_corpus_report(corpus: Corpus, tmp_path: Path) -> N
         markdown = asyncio.run(_report_markdown())
     assert summary["counts"]["files_kept"] == 2 and summary["counts"]["rejected"] == {"empty": 1}
     assert "# Corpus report" in markdown and "| `empty` | 1 |" in markdown and "bucket" in markdown
+    assert "![quality histograms](data:image/png;base64," in markdown

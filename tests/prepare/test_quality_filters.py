@@ -9,9 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import soundfile as sf
-import soxr
 
-from tests.corpus import read_speech
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
@@ -23,40 +21,14 @@ pytestmark = pytest.mark.slow
 RATE = 16_000
 
 
-@pytest.fixture(scope="module")
-def cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Clean speech, and the same speech clipped, offset; plus noise and a tone with no speech at all."""
-    root = tmp_path_factory.mktemp("quality-cases")
-    pieces = []
-    for text, voice in [
-        ("The committee will meet again on Thursday to review the budget.", "en-us"),
-        ("Please bring the signed forms and a copy of last year's report.", "en-gb"),
-    ]:
-        audio, rate = read_speech(text, voice)
-        pieces += [soxr.resample(audio, rate, RATE).astype(np.float32), np.zeros(int(0.4 * RATE), np.float32)]
-    speech = np.concatenate(pieces) * np.float32(0.5)
-    level = 0.3 * float(np.max(np.abs(speech)))
-    seconds = np.arange(5 * RATE) / RATE
-    signals = {
-        "clean.wav": speech,
-        "clipped.wav": np.clip(speech, -level, level),
-        "dc_offset.wav": speech + np.float32(0.2),
-        "noise.wav": np.random.default_rng(0).normal(0, 0.1, 5 * RATE).astype(np.float32),
-        "tone.wav": (0.3 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32),
-    }
-    for name, signal in signals.items():
-        sf.write(root / name, signal, RATE, subtype="PCM_16")
-    return root
-
-
 EXPECTED = {"clipped.wav": "clipped", "dc_offset.wav": "dc_offset", "noise.wav": "no_speech", "tone.wav": "no_speech"}
 
 
 @pytest.mark.parametrize("vad", ["energy", "silero"])
 def test_known_bad_audio_is_rejected_with_its_reason_and_clean_speech_is_kept(
-    cases: Path, tmp_path: Path, vad: str
+    quality_cases: Path, tmp_path: Path, vad: str
 ) -> None:
-    manifest = prepare([str(cases)], tmp_path / "out", PrepareConfig(vad=vad), workers=2)
+    manifest = prepare([str(quality_cases)], tmp_path / "out", PrepareConfig(vad=vad), workers=2)
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert {Path(r["source"]).name: r["reason"] for r in rejects} == EXPECTED
     assert {Path(s.uri).name for s in manifest.kept_sources} == {"clean.wav"}
@@ -68,14 +40,14 @@ def test_known_bad_audio_is_rejected_with_its_reason_and_clean_speech_is_kept(
     assert row["speech_share"] > 0.5 and row["snr_db"] > 30
 
 
-def test_filters_can_be_turned_off_and_pieces_are_filtered_one_by_one(cases: Path, tmp_path: Path) -> None:
+def test_filters_can_be_turned_off_and_pieces_are_filtered_one_by_one(quality_cases: Path, tmp_path: Path) -> None:
     off = PrepareConfig(quality=QualityThresholds(None, None, None, None))
-    manifest = prepare([str(cases)], tmp_path / "off", off, workers=2)
+    manifest = prepare([str(quality_cases)], tmp_path / "off", off, workers=2)
     assert len(manifest.kept_sources) == 5 and verify(tmp_path / "off") == []
 
     # A recording that is half clean speech, half tone: only the tone's piece goes.
-    speech = sf.read(cases / "clean.wav", dtype="float32")[0]
-    tone = sf.read(cases / "tone.wav", dtype="float32")[0]
+    speech = sf.read(quality_cases / "clean.wav", dtype="float32")[0]
+    tone = sf.read(quality_cases / "tone.wav", dtype="float32")[0]
     mixed_dir = tmp_path / "mixed"
     mixed_dir.mkdir()
     sf.write(mixed_dir / "mixed.wav", np.concatenate([speech, tone, tone]), RATE, subtype="PCM_16")
@@ -92,8 +64,8 @@ def test_filters_can_be_turned_off_and_pieces_are_filtered_one_by_one(cases: Pat
     assert sum(histogram["counts"]) == histogram["measured"] == len(source.utterances)
 
 
-def test_measurements_can_be_turned_off(cases: Path, tmp_path: Path) -> None:
+def test_measurements_can_be_turned_off(quality_cases: Path, tmp_path: Path) -> None:
     config = PrepareConfig(measure_quality=False, quality=QualityThresholds(None, None, None, None))
-    prepare([str(cases / "clean.wav")], tmp_path / "out", config, workers=1)
+    prepare([str(quality_cases / "clean.wav")], tmp_path / "out", config, workers=1)
     table = pa.concat_tables([open_table(tmp_path / "out")])
     assert table.column("snr_db").null_count == table.num_rows

@@ -60,6 +60,17 @@ def test_a_manifest_of_another_format_version_is_refused_with_advice(prepared: P
     assert "version 99" in problem and "w2v prepare" in problem
 
 
+def test_inspect_shows_quality_and_writes_a_plot(prepared: Prepared, tmp_path: Path) -> None:
+    plot = tmp_path / "quality.png"
+    result = runner.invoke(app, ["shards", "inspect", str(prepared.out), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "Quality of kept utterances" in result.stdout and "snr_db" in result.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = json.loads(runner.invoke(app, ["shards", "inspect", str(prepared.out), "--json"]).stdout)
+    snr = stats["quality_histograms"]["snr_db"]
+    assert sum(snr["counts"]) == snr["measured"] == prepared.manifest.counts()["utterances"]
+
+
 def test_inspect_reports_hours_buckets_histogram_and_rejects(prepared: Prepared) -> None:
     result = runner.invoke(app, ["shards", "inspect", str(prepared.out), "--json"])
     assert result.exit_code == 0, result.output

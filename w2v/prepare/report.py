@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 from w2v.shards.inspect import describe
 from w2v.shards.manifest import Manifest
+from w2v.shards.plot import quality_plot_png
 
 
 def run_summary(manifest: Manifest) -> dict[str, Any]:
@@ -49,5 +51,17 @@ def corpus_report_markdown(manifest: Manifest, out: str) -> str:
         "",
         f"Rejected audio: {stats.rejected_hours * 3600:.1f} s; short pieces dropped: "
         f"{stats.short_pieces_dropped} ({stats.dropped_hours * 3600:.1f} s). Details: `rejects.jsonl`.",
+        "",
+        "| removed by | seconds |",
+        "|---|---:|",
     ]
+    lines += [f"| `{reason}` | {seconds:.1f} |" for reason, seconds in stats.seconds_removed_by_reason.items()]
+    if stats.quality_histograms and any(h["measured"] for h in stats.quality_histograms.values()):
+        png = quality_plot_png(stats.quality_histograms, f"Quality of the {stats.utterances} kept utterances")
+        lines += [
+            "",
+            "## Quality",
+            "",
+            f"![quality histograms](data:image/png;base64,{base64.b64encode(png).decode()})",
+        ]
     return "\n".join(lines) + "\n"

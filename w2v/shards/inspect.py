@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,9 @@ class CorpusStats:
     histogram_edges_seconds: tuple[float, ...]
     histogram_counts: tuple[int, ...]
     buckets: tuple[BucketRow, ...]
+    filtered: dict[str, int]
+    seconds_removed_by_reason: dict[str, float]
+    quality_histograms: dict[str, Any]
 
 
 def utterance_seconds(folder: Path, manifest: Manifest) -> np.ndarray:
@@ -77,4 +81,7 @@ def describe(folder: Path, manifest: Manifest, histogram_bins: int = 10) -> Corp
         histogram_edges_seconds=tuple(float(e) for e in edges),
         histogram_counts=tuple(int(c) for c in counts),
         buckets=tuple(buckets),
+        filtered=counted["filtered"],
+        seconds_removed_by_reason=manifest.seconds_removed_by_reason(),
+        quality_histograms=manifest.quality_histograms,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,18 @@ class Manifest:
             "in_shards": sum(s.seconds for s in self.shards),
         }
 
+    def seconds_removed_by_reason(self) -> dict[str, float]:
+        """Audio each reason removed: whole rejected sources, and pieces removed by the quality filters."""
+        removed: dict[str, float] = defaultdict(float)
+        for source in self.sources.values():
+            if source.status == "rejected":
+                removed[source.reason or "unknown"] += source.decoded_seconds
+            for piece in source.filtered:
+                removed[piece["reason"]] += piece["seconds"]
+            if source.dropped_seconds:
+                removed["short_piece"] += source.dropped_seconds
+        return dict(sorted(removed.items()))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -123,6 +135,7 @@ class Manifest:
             "updated": self.updated,
             "counts": self.counts(),
             "seconds": self.seconds(),
+            "seconds_removed_by_reason": self.seconds_removed_by_reason(),
             "bucket_edges_seconds": list(self.bucket_edges_seconds),
             "shards": [asdict(s) for s in self.shards],
             "config": self.config,
