@@ -81,3 +81,19 @@ def test_levels_of_a_full_scale_sine() -> None:
     assert measured.rms_dbfs == pytest.approx(-3.01, abs=0.05)
     assert measured.loudness_lufs == pytest.approx(-3.01, abs=0.3)  # BS.1770's calibration point
     assert quality.measure(np.zeros(RATE, np.float32), RATE).loudness_lufs is None
+
+
+def test_k_weighting_at_48_khz_has_the_standards_coefficients() -> None:
+    shelf, high_pass = quality.k_weighting(48_000)
+    assert shelf == pytest.approx([1.53512485958697, -2.69169618940638, 1.19839281085285, 1.0, -1.69065929318241,
+                                   0.73248077421585], abs=1e-10)  # fmt: skip
+    assert high_pass == pytest.approx([1.0, -2.0, 1.0, 1.0, -1.99004745483398, 0.99007225036621], abs=1e-10)
+
+
+def test_loudness_agrees_with_pyloudnorm(speech: np.ndarray) -> None:
+    import pyloudnorm
+
+    for rate in (8_000, 16_000, 48_000):
+        audio = soxr.resample(speech, RATE, rate).astype(np.float32)
+        reference = pyloudnorm.Meter(rate, filter_class="DeMan").integrated_loudness(audio.astype(np.float64))
+        assert quality.loudness_lufs(audio, rate) == pytest.approx(reference, abs=0.05)

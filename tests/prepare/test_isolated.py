@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from w2v.prepare.isolated import ChildCrashed, run_in_child
 
@@ -34,3 +39,26 @@ def test_a_child_exception_is_raised_in_the_parent() -> None:
 def test_a_child_killed_by_a_signal_is_reported_with_the_work_it_was_doing() -> None:
     with pytest.raises(ChildCrashed, match=r"chunk abc: worker process died \(killed by signal SIGSEGV\)"):
         run_in_child(_segfault, (), "chunk abc")
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_quarantining_every_file(tmp_path: Path) -> None:
+    # A program read from standard input cannot be re-imported by its worker processes: every child dies
+    # at start-up, a broken environment rather than a bad file.
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16_000, np.float32) + 0.1, 16_000)
+    program = f"""
+from pathlib import Path
+from w2v.errors import W2VError
+from w2v.prepare.config import PrepareConfig
+from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.process import Chunk, SourceTask
+from w2v.storage import list_sources
+chunk = Chunk(key="k", tasks=tuple(SourceTask(s) for s in list_sources([{str(wav)!r}])))
+try:
+    process_chunk_isolated(chunk, PrepareConfig(), Path({str(tmp_path / "staging")!r}))
+except W2VError as error:
+    print("REFUSED:", error)
+"""
+    result = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
+    assert "REFUSED: a worker process: worker process died" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert not (tmp_path / "staging").exists()

@@ -1,29 +1,34 @@
 """Run a chunk in a child process: decoding uses another core, and a decoder crash costs one file, not a run.
 
-libsndfile and FFmpeg hold the GIL and, on hostile input, can crash the process they run in. Each chunk is
-decoded in a child forked from a preloaded fork server (cheap to start); if the child dies, the chunk is
-decoded again one file per child, and the file whose child dies is rejected as `decode_crash`.
+libsndfile and FFmpeg hold the GIL and, on hostile input, can crash the process they run in. Each decoding
+thread keeps a child process, forked from a preloaded fork server, and runs its chunks there; if the child
+dies, the chunk is decoded again one file per call, and the file whose child dies is rejected as
+`decode_crash`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import signal
+import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.process import Chunk, SourceTask, part_paths, process_chunk, write_part
+from w2v.prepare.process import Chunk, SourceTask, part_is_complete, part_paths, process_chunk, write_part
 from w2v.shards.manifest import SourceEntry
 
 T = TypeVar("T")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["w2v.prepare.process"])
+# "__main__" too: each child would otherwise import the parent's main module again (spawn semantics).
+_CONTEXT.set_forkserver_preload(["__main__", "w2v.prepare.worker_preload"])
 
 
 class ChildCrashed(W2VError):
@@ -41,12 +46,17 @@ def process_chunk_isolated(
 ) -> Path:
     """`process_chunk` in a child process; survives a decoder crash by isolating the file that caused it."""
     json_path = part_paths(staging, chunk.key)[1]
-    if json_path.exists():
+    if part_is_complete(staging, chunk.key):
         return json_path
     try:
         return run_in_child(process_chunk, (chunk, config, staging, storage_options), f"chunk {chunk.key}")
-    except ChildCrashed:
-        pass
+    except ChildCrashed as crash:
+        # Blame a file only if a child can run at all: otherwise every file would be quarantined for a
+        # broken environment.
+        try:
+            run_in_child(_alive, (), "a worker process")
+        except ChildCrashed as canary:
+            raise W2VError(f"{canary}; no file was decoded (first failure: {crash})") from crash
     results = []
     for task in chunk.tasks:
         try:
@@ -57,45 +67,84 @@ def process_chunk_isolated(
     return write_part(chunk.key, staging, results)
 
 
+def _alive() -> bool:
+    return True
+
+
 def _process_one(task: SourceTask, config: PrepareConfig, storage_options: dict[str, Any] | None) -> Any:
     from w2v.prepare.process import process_source
 
     return process_source(task, config, storage_options)
 
 
-def run_in_child(function: Callable[..., T], args: tuple[Any, ...], what: str) -> T:
-    """Call `function(*args)` in a forked child; re-raise its exception here, or ChildCrashed if it dies."""
-    receiver, sender = _CONTEXT.Pipe(duplex=False)
-    child = _CONTEXT.Process(target=_child_main, args=(sender, function, args), daemon=True)
-    child.start()
-    sender.close()
-    try:
-        message = receiver.recv()
-    except EOFError:
-        child.join()
-        raise ChildCrashed(what, child.exitcode) from None
-    finally:
-        receiver.close()
-    child.join()
-    status, payload = message
-    if status == "error":
-        error, text = payload
-        raise error from RuntimeError(text)
-    result: T = payload
-    return result
+class _Worker:
+    """A child process that runs call after call until it dies or is told to stop."""
 
+    def __init__(self) -> None:
+        self._connection, child_end = _CONTEXT.Pipe(duplex=True)
+        self._process = _CONTEXT.Process(target=_serve, args=(child_end,), daemon=True)
+        self._process.start()
+        child_end.close()
+        # Stop the child when this object goes (its thread ended), without waiting on it.
+        weakref.finalize(self, _stop, self._connection)
 
-def _child_main(
-    sender: multiprocessing.connection.Connection, function: Callable[..., Any], args: tuple[Any, ...]
-) -> None:
-    try:
-        result = function(*args)
-        sender.send(("ok", result))
-    except BaseException as error:  # everything goes back to the parent, which decides
-        text = traceback.format_exc()
+    def call(self, function: Callable[..., T], args: tuple[Any, ...], what: str) -> T:
         try:
-            sender.send(("error", (error, text)))
-        except Exception:  # the exception itself may not pickle
-            sender.send(("error", (W2VError(f"{type(error).__name__}: {error}"), text)))
-    finally:
-        sender.close()
+            self._connection.send((function, args))
+            status, payload = self._connection.recv()
+        except (EOFError, OSError):
+            self._process.join(timeout=10)
+            raise ChildCrashed(what, self._process.exitcode) from None
+        if status == "error":
+            error, text = payload
+            raise error from RuntimeError(text)
+        result: T = payload
+        return result
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+
+def _stop(connection: multiprocessing.connection.Connection) -> None:
+    with contextlib.suppress(OSError):
+        connection.send(None)
+    connection.close()
+
+
+_local = threading.local()
+
+
+def run_in_child(function: Callable[..., T], args: tuple[Any, ...], what: str) -> T:
+    """Call `function(*args)` in this thread's child process (started on first use, again after a crash).
+
+    The child's exception is raised here; if the child dies, ChildCrashed is, and the next call starts a new
+    one. Keeping one child per thread saves starting a process per chunk.
+    """
+    worker: _Worker | None = getattr(_local, "worker", None)
+    if worker is None or not worker.alive:
+        worker = _local.worker = _Worker()
+    try:
+        return worker.call(function, args, what)
+    except ChildCrashed:
+        _local.worker = None
+        raise
+
+
+def _serve(connection: multiprocessing.connection.Connection) -> None:
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:  # the parent went away
+            return
+        if request is None:
+            return
+        function, args = request
+        try:
+            connection.send(("ok", function(*args)))
+        except BaseException as error:  # everything goes back to the parent, which decides
+            text = traceback.format_exc()
+            try:
+                connection.send(("error", (error, text)))
+            except Exception:  # the exception itself may not pickle
+                connection.send(("error", (W2VError(f"{type(error).__name__}: {error}"), text)))

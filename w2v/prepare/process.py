@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
 from w2v.shards.manifest import SourceEntry, source_entry_from_json, source_entry_to_json, write_text_atomic
-from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
+from w2v.shards.table import Utterance, utterance_table, write_scratch_stream
 from w2v.storage import Source, open_source
 from w2v.vad import speech_detector
 
@@ -55,12 +56,18 @@ class Chunk:
     tasks: tuple[SourceTask, ...]
 
 
+# A run is split into at least this many chunks (when it has the files), so every worker stays busy.
+MIN_CHUNKS = 16
+
+
 def plan_chunks(tasks: list[SourceTask], config: PrepareConfig) -> list[Chunk]:
-    """Split tasks (in URI order) into chunks whose keys depend only on their files and the decode config."""
+    """Split tasks (in URI order) into chunks of at most `files_per_chunk` files, and at least MIN_CHUNKS
+    chunks where there are enough files; keys depend only on the files and the decode config."""
     ordered = sorted(tasks, key=lambda t: t.source.uri)
+    size = max(1, min(config.files_per_chunk, math.ceil(len(ordered) / MIN_CHUNKS)))
     chunks = []
-    for i in range(0, len(ordered), config.files_per_chunk):
-        group = tuple(ordered[i : i + config.files_per_chunk])
+    for i in range(0, len(ordered), size):
+        group = tuple(ordered[i : i + size])
         h = hashlib.sha256(config.decode_fingerprint().encode())
         for task in group:
             h.update(json.dumps(task.entry_fields(), sort_keys=True).encode())
@@ -77,7 +84,7 @@ def process_chunk(
 ) -> Path:
     """Decode a chunk into a staging part; returns the part's JSON record (done at once if it exists)."""
     json_path = part_paths(staging, chunk.key)[1]
-    if json_path.exists():
+    if part_is_complete(staging, chunk.key):
         return json_path
     return write_part(chunk.key, staging, [process_source(t, config, storage_options) for t in chunk.tasks])
 
@@ -87,10 +94,23 @@ def write_part(key: str, staging: Path, results: list[tuple[SourceEntry, list[Ut
     arrow_path, json_path = part_paths(staging, key)
     staging.mkdir(parents=True, exist_ok=True)
     rows = [row for _, utterances in results for row in utterances]
-    write_stream_atomic(utterance_table(rows), arrow_path)
-    record = {"key": key, "sources": [source_entry_to_json(entry) for entry, _ in results]}
+    record = {
+        "key": key,
+        "arrow_bytes": write_scratch_stream(utterance_table(rows), arrow_path),
+        "sources": [source_entry_to_json(entry) for entry, _ in results],
+    }
     write_text_atomic(json_path, json.dumps(record) + "\n")
     return json_path
+
+
+def part_is_complete(staging: Path, key: str) -> bool:
+    """Whether a chunk's part is there whole: its record exists and names the size its rows file has."""
+    arrow_path, json_path = part_paths(staging, key)
+    try:
+        record = json.loads(json_path.read_text())
+        return bool(arrow_path.stat().st_size == record["arrow_bytes"])
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def read_part(json_path: Path) -> list[SourceEntry]:

@@ -60,16 +60,29 @@ class WrittenFile:
 
 
 def write_stream_atomic(table: pa.Table, path: Path) -> WrittenFile:
-    """Write `table` as an Arrow IPC stream under a temporary name, fsync it, then rename it to `path`."""
+    """Write `table` as an Arrow IPC stream under a temporary name, fsync and hash it, rename it to `path`."""
+    tmp = _write_temporary(table, path)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    written = WrittenFile(bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
+    os.replace(tmp, path)
+    return written
+
+
+def write_scratch_stream(table: pa.Table, path: Path) -> int:
+    """Like `write_stream_atomic` but neither fsynced nor hashed (staging parts: a reader checks their size
+    against their record, and a mismatch only means decoding that chunk again). Returns the size."""
+    tmp = _write_temporary(table, path)
+    size = tmp.stat().st_size
+    os.replace(tmp, path)
+    return size
+
+
+def _write_temporary(table: pa.Table, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=ROWS_PER_BATCH)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
-    size = tmp.stat().st_size
-    os.replace(tmp, path)
-    return WrittenFile(bytes=size, sha256=digest)
+    return tmp
 
 
 def sha256_file(path: Path, block_bytes: int = 8 << 20) -> str:

@@ -1,0 +1,192 @@
+"""Benchmark prepare-corpus against a bare decode+resample loop on the same files, in one run.
+
+Prints one JSON object: x-realtime of the floor (soundfile.read + soxr.resample, one process), of prepare with
+1 and 2 workers, with the quality measurements off and with silero-vad, and the ratios between them.
+Usage: python benchmarks/prepare.py [--minutes 10] [--repeat 1] [--corpus DIR] [--flow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.corpus import read_speech
+from w2v.prepare.config import PrepareConfig
+from w2v.prepare.filters import QualityThresholds
+from w2v.prepare.pipeline import prepare
+
+SENTENCES = [
+    ("The committee will meet again on Thursday to review the budget.", "en-us"),
+    ("Please bring the signed forms and a copy of last year's report.", "en-gb"),
+    ("Nobody expected the river to rise so quickly after the storm.", "en-gb-scotland"),
+    ("She opened the window and listened to the rain on the roof.", "en-us+f3"),
+    ("Seven engineers worked through the night to restore the network.", "en-029"),
+    ("A quiet voice from the back of the room asked the final question.", "en+m3"),
+]
+# (extension, sample rate, channels, soundfile format, subtype)
+FORMATS = [
+    ("wav", 44_100, 1, "WAV", "PCM_16"),
+    ("wav", 48_000, 2, "WAV", "PCM_24"),
+    ("flac", 16_000, 1, "FLAC", "PCM_16"),
+    ("ogg", 22_050, 1, "OGG", "VORBIS"),
+    ("mp3", 44_100, 1, "MP3", "MPEG_LAYER_III"),
+]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_corpus(root: Path, minutes: float, seed: int = 7) -> float:
+    """Files of 20–40 s of speech-like audio in a mix of formats; returns the total seconds written."""
+    rng = np.random.default_rng(seed)
+    voices = []
+    for text, voice in SENTENCES:
+        audio, rate = read_speech(text, voice)
+        voices.append(soxr.resample(audio, rate, 48_000).astype(np.float32))
+    root.mkdir(parents=True, exist_ok=True)
+    total, index = 0.0, 0
+    while total < minutes * 60:
+        seconds = float(rng.uniform(20, 40))
+        parts, length = [], 0
+        while length < seconds * 48_000:
+            sentence = voices[int(rng.integers(len(voices)))] * np.float32(rng.uniform(0.3, 0.9))
+            pause = rng.normal(0, 10 ** (-55 / 20), int(rng.uniform(0.2, 0.8) * 48_000)).astype(np.float32)
+            parts += [sentence, pause]
+            length += sentence.size + pause.size
+        signal = np.concatenate(parts)[: int(seconds * 48_000)]
+        extension, rate, channels, file_format, subtype = FORMATS[index % len(FORMATS)]
+        audio = soxr.resample(signal, 48_000, rate).astype(np.float32) if rate != 48_000 else signal
+        if channels == 2:
+            audio = np.stack([audio, np.roll(audio, 96) * np.float32(0.7)], axis=1)
+        sf.write(root / f"{index:04d}.{extension}", audio, rate, format=file_format, subtype=subtype)
+        total += audio.shape[0] / rate
+        index += 1
+    return total
+
+
+def floor_loop(files: list[Path]) -> None:
+    for path in files:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        soxr.resample(audio.mean(axis=1), rate, 16_000, quality="HQ")
+
+
+def best_seconds(run: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def prepare_seconds(corpus: Path, scratch: Path, config: PrepareConfig, workers: int, repeat: int) -> float:
+    def run() -> None:
+        out = scratch / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        prepare([str(corpus)], out, config, workers=workers)
+
+    return best_seconds(run, repeat)
+
+
+def torchaudio_comparison(files: list[Path]) -> dict[str, Any]:
+    try:
+        import torch
+        import torchaudio.functional
+    except ImportError:
+        return {"torchaudio": "not installed (optional extra; it pins its own torch build)"}
+    decoded = [sf.read(p, dtype="float32", always_2d=True) for p in files]
+    mono = [(a.mean(axis=1), r) for a, r in decoded]
+    soxr_s = best_seconds(lambda: [soxr.resample(a, r, 16_000) for a, r in mono], 1)
+    torch_s = best_seconds(lambda: [torchaudio.functional.resample(torch.from_numpy(a), r, 16_000) for a, r in mono], 1)
+    return {
+        "torchaudio_resample_seconds": torch_s,
+        "soxr_resample_seconds": soxr_s,
+        "torchaudio_vs_soxr": soxr_s / torch_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--corpus", type=Path)
+    parser.add_argument("--flow", action="store_true", help="also time the Prefect flow (temporary server included)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="w2v-bench-") as tmp:
+        scratch = Path(tmp)
+        corpus = args.corpus or scratch / "corpus"
+        if args.corpus is None:
+            started = time.perf_counter()
+            build_corpus(corpus, args.minutes)
+            log(f"corpus built in {time.perf_counter() - started:.1f} s")
+        files = sorted(p for p in corpus.iterdir() if p.is_file())
+        audio_seconds = sum(sf.info(p).duration for p in files)
+
+        floor_loop(files[:2])  # warm the page cache and the libraries
+        figures: dict[str, float] = {"floor": best_seconds(lambda: floor_loop(files), args.repeat)}
+        off = PrepareConfig(measure_quality=False, quality=QualityThresholds(None, None, None, None))
+        runs = {
+            "prepare_1_worker": (PrepareConfig(), 1),
+            "prepare_2_workers": (PrepareConfig(), 2),
+            "prepare_1_worker_no_measurements": (off, 1),
+            "prepare_1_worker_silero": (PrepareConfig(vad="silero"), 1),
+        }
+        for name, (config, workers) in runs.items():
+            figures[name] = prepare_seconds(corpus, scratch, config, workers, args.repeat)
+            log(f"{name}: {audio_seconds / figures[name]:.0f}x realtime")
+        if args.flow:
+            os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+            from flows.prepare_corpus import prepare_corpus
+
+            def flow_run() -> None:
+                shutil.rmtree(scratch / "flow-out", ignore_errors=True)
+                prepare_corpus(sources=[str(corpus)], out=str(scratch / "flow-out"), workers=2)
+
+            figures["flow_2_workers"] = best_seconds(flow_run, args.repeat)
+
+    xrt = {name: audio_seconds / seconds for name, seconds in figures.items()}
+    result: dict[str, Any] = {
+        "benchmark": "prepare",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "versions": {"libsndfile": sf.__libsndfile_version__, "soundfile": sf.__version__, "soxr": soxr.__version__},
+        "audio_seconds": round(audio_seconds, 1),
+        "files": len(files),
+        "x_realtime": {name: round(value, 1) for name, value in xrt.items()},
+        "anchor": "floor: one process, soundfile.read + channel mean + soxr.resample(HQ), same files",
+        "per_worker_ratio_vs_floor": round(xrt["prepare_1_worker"] / xrt["floor"], 3),
+        "two_worker_speedup": round(xrt["prepare_2_workers"] / xrt["prepare_1_worker"], 3),
+        "measurement_cost": round(1 - xrt["prepare_1_worker"] / xrt["prepare_1_worker_no_measurements"], 3),
+        "silero_vs_energy_vad": round(xrt["prepare_1_worker_silero"] / xrt["prepare_1_worker"], 3),
+        "targets": {
+            "per_worker_ratio_vs_floor": ">= 0.7",
+            "two_worker_speedup": ">= 1.7",
+            "measurement_cost": "<= 0.10",
+        },
+        **torchaudio_comparison(files[:10]),
+    }
+    if "flow_2_workers" in xrt:
+        result["flow_vs_library_2_workers"] = round(xrt["flow_2_workers"] / xrt["prepare_2_workers"], 3)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
