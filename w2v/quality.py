@@ -52,12 +52,14 @@ QUALITY_COLUMNS = tuple(Quality.__dataclass_fields__)
 
 
 def noise_floor(energies: np.ndarray) -> float:
-    return float(np.percentile(energies, NOISE_PERCENTILE))
+    """The NOISE_PERCENTILE-th smallest frame energy (nearest rank; a partition, not a sort)."""
+    rank = min(energies.size - 1, int(NOISE_PERCENTILE / 100 * energies.size))
+    return float(np.partition(energies, rank)[rank])
 
 
-def snr_db(energies: np.ndarray) -> float:
+def snr_db(energies: np.ndarray, noise: float | None = None) -> float:
     """Speech-to-noise power ratio over the utterance: (mean power - noise power) / noise power."""
-    noise = noise_floor(energies)
+    noise = noise_floor(energies) if noise is None else noise
     total = float(energies.mean())
     if noise <= 0.0:
         return SNR_CEILING_DB if total > 0 else -SNR_CEILING_DB
@@ -73,19 +75,13 @@ def energy_speech_share(samples: np.ndarray, sample_rate: int) -> float:
     Cheap and blind to what the sound is: steady noise or a tone has no frame above its own floor, so it
     scores near 0; music scores like speech (use the silero detector where that matters).
     """
-    return _speech_share(_spectral(_without_dc(samples), sample_rate).plain)
+    return _speech_share(_spectral(samples, sample_rate).plain)
 
 
-def _speech_share(energies: np.ndarray) -> float:
-    threshold = max(noise_floor(energies) * 10 ** (SPEECH_MARGIN_DB / 10), 10 ** (SPEECH_FLOOR_DBFS / 10))
+def _speech_share(energies: np.ndarray, noise: float | None = None) -> float:
+    noise = noise_floor(energies) if noise is None else noise
+    threshold = max(noise * 10 ** (SPEECH_MARGIN_DB / 10), 10 ** (SPEECH_FLOOR_DBFS / 10))
     return float(np.mean(energies > threshold))
-
-
-def _without_dc(samples: np.ndarray) -> np.ndarray:
-    """Energies count the signal, not a constant offset (measured separately as dc_offset)."""
-    if samples.size == 0:
-        return samples
-    return (samples - np.float32(np.mean(samples, dtype=np.float64))).astype(np.float32)
 
 
 def clipped_share(samples: np.ndarray) -> float:
@@ -153,7 +149,7 @@ def k_weighting(sample_rate: int) -> np.ndarray:
 
 def loudness_lufs(samples: np.ndarray, sample_rate: int) -> float | None:
     """Integrated loudness of mono audio (ITU-R BS.1770-4); None when shorter than one 400 ms block or silent."""
-    return _spectral(_without_dc(samples), sample_rate).loudness_lufs()
+    return _spectral(samples, sample_rate).loudness_lufs()
 
 
 @dataclass(frozen=True)
@@ -181,10 +177,13 @@ class _FrameSpectra:
 
 @functools.lru_cache(maxsize=16)
 def _bin_weights(sample_rate: int, frame_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weights that turn |rfft|² of a frame into its mean square (Parseval), plain and K-weighted."""
+    """Weights that turn |rfft|² of a frame into its mean square (Parseval), plain and K-weighted.
+
+    The DC bin gets no weight: energies count the signal, not an offset (measured apart as dc_offset).
+    """
     bins = frame_length // 2 + 1
     plain = np.full(bins, 2.0)
-    plain[0] = 1.0
+    plain[0] = 0.0
     if frame_length % 2 == 0:
         plain[-1] = 1.0
     plain /= float(frame_length) ** 2
@@ -218,11 +217,11 @@ def measure(
     Speech share comes from the frame energies unless another `speech_detector` is given.
     """
     dc = float(np.mean(samples, dtype=np.float64)) if samples.size else 0.0
-    centred = _without_dc(samples)
-    spectra = _spectral(centred, sample_rate)
+    spectra = _spectral(samples, sample_rate)
     energies = spectra.plain
+    noise = noise_floor(energies)
     if speech_detector is None or speech_detector is energy_speech_share:
-        speech = _speech_share(energies)
+        speech = _speech_share(energies, noise)
     else:
         speech = speech_detector(samples, sample_rate)
     peak = max(float(samples.max()), -float(samples.min())) if samples.size else 0.0
@@ -232,6 +231,6 @@ def measure(
         dc_offset=dc,
         rms_dbfs=rms_dbfs(samples),
         loudness_lufs=spectra.loudness_lufs(),
-        snr_db=snr_db(energies),
+        snr_db=snr_db(energies, noise),
         speech_share=speech,
     )

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 # "__main__" too: each child would otherwise import the parent's main module again (spawn semantics).
-_CONTEXT.set_forkserver_preload(["__main__", "w2v.prepare.worker_preload"])
+_CONTEXT.set_forkserver_preload(["w2v.prepare.worker_preload", "__main__"])
 
 
 class ChildCrashed(W2VError):

@@ -190,7 +190,8 @@ def _process(
         measured = None
         if config.measure_quality:
             span = decoded.samples[round(start * ratio) : round(end * ratio)]
-            measured = quality.measure(audio.int16_to_float(piece), config.sample_rate, span, detector)
+            # The float audio the piece was quantized from: no conversion back from int16 needed.
+            measured = quality.measure(scaled[start:end], config.sample_rate, span, detector)
             failure = first_failure(measured, config.quality)
             if failure is not None:
                 filtered.append(
