@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from w2v.quality import Quality
 
@@ -26,6 +28,12 @@ class Failure:
     reason: str
     value: float
     threshold: float
+
+
+def every_piece_failed(uri: str, pieces: Sequence[Mapping[str, Any]]) -> str:
+    """The one-line error of a source whose every piece failed a filter."""
+    reasons = ", ".join(f"{p['reason']} ({p['value']:.3g} vs {p['threshold']:.3g})" for p in pieces)
+    return f"{uri}: every piece fails a quality filter: {reasons}"
 
 
 def first_failure(measured: Quality, thresholds: QualityThresholds) -> Failure | None:

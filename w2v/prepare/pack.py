@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +108,8 @@ def _deduplicate(kept_before: dict[str, SourceEntry], staged: dict[str, SourceEn
             result[uri] = entry
             continue
         kept_id = first.utterances[0] if first.utterances else first.uri
-        result[uri] = replace(
-            entry,
-            status="rejected",
-            reason="duplicate",
-            error=f"{uri}: same decoded audio as {first.uri} (kept as {kept_id})",
-            duplicate_of=kept_id,
-            utterances=(),
-            kept_seconds=0.0,
-            dropped_seconds=0.0,
-            dropped_pieces=0,
-            filtered=(),
-            filtered_seconds=0.0,
-        )
+        error = f"{uri}: same decoded audio as {first.uri} (kept as {kept_id})"
+        result[uri] = entry.rejected_as("duplicate", error, duplicate_of=kept_id)
     return result
 
 

@@ -21,7 +21,7 @@ from w2v import audio, quality
 from w2v.decode import decode
 from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import first_failure
+from w2v.prepare.filters import every_piece_failed, first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
 from w2v.shards.manifest import SourceEntry, source_entry_from_json, source_entry_to_json, write_text_atomic
 from w2v.shards.table import Utterance, utterance_table, write_scratch_stream
@@ -221,8 +221,7 @@ def _process(
             )
         )
     if not rows:
-        reasons = ", ".join(f"{f['reason']} ({f['value']:.3g} vs {f['threshold']:.3g})" for f in filtered)
-        error = f"{uri}: every piece fails a quality filter: {reasons}"
+        error = every_piece_failed(uri, filtered)
         return SourceEntry(**base, **measured_source, status="rejected", reason=filtered[0]["reason"], error=error), []
     entry = SourceEntry(
         **base,

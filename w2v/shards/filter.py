@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from w2v.errors import ManifestError
-from w2v.prepare.filters import Failure, QualityThresholds, first_failure
+from w2v.prepare.filters import Failure, QualityThresholds, every_piece_failed, first_failure
 from w2v.prepare.lock import exclusive_writer
 from w2v.quality import Quality
 from w2v.shards.histograms import quality_histograms
@@ -139,19 +139,7 @@ def _without(entry: SourceEntry, failures: dict[str, tuple[str, Failure, float, 
             filtered=entry.filtered + pieces,
             filtered_seconds=entry.filtered_seconds + seconds,
         )
-    reasons = ", ".join(f"{p['reason']} ({p['value']:.3g} vs {p['threshold']:.3g})" for p in pieces)
-    return dataclasses.replace(
-        entry,
-        status="rejected",
-        reason=str(pieces[0]["reason"]),
-        error=f"{entry.uri}: every piece fails a quality filter: {reasons}",
-        utterances=(),
-        kept_seconds=0.0,
-        dropped_seconds=0.0,
-        dropped_pieces=0,
-        filtered=(),
-        filtered_seconds=0.0,
-    )
+    return entry.rejected_as(str(pieces[0]["reason"]), every_piece_failed(entry.uri, pieces))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

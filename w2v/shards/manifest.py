@@ -57,6 +57,22 @@ class SourceEntry:
     channels: int | None = None
     gain: float = 1.0
 
+    def rejected_as(self, reason: str, error: str, **details: Any) -> SourceEntry:
+        """This source rejected whole: its decoded seconds all count as rejected, none as kept or dropped."""
+        return replace(
+            self,
+            status="rejected",
+            reason=reason,
+            error=error,
+            utterances=(),
+            kept_seconds=0.0,
+            dropped_seconds=0.0,
+            dropped_pieces=0,
+            filtered=(),
+            filtered_seconds=0.0,
+            **details,
+        )
+
     def same_file(self, other: SourceEntry) -> bool:
         """Whether two listings of a URI name the same bytes (and the same metadata row)."""
         return (
