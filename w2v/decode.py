@@ -36,7 +36,7 @@ def decode(source: str | BinaryIO, name: str) -> Decoded:
     Raises CorruptAudioError naming `name` when neither decoder can read it.
     """
     try:
-        info = sf.info(_rewound(source))
+        file = sf.SoundFile(_rewound(source))
     except (sf.LibsndfileError, RuntimeError) as sndfile_error:
         try:
             return _decode_with_av(_rewound(source))
@@ -44,15 +44,16 @@ def decode(source: str | BinaryIO, name: str) -> Decoded:
             raise CorruptAudioError(
                 f"{name}: not decodable (libsndfile: {_one_line(sndfile_error)}; ffmpeg: {_one_line(av_error)})"
             ) from av_error
-    try:
-        samples, rate = sf.read(_rewound(source), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise CorruptAudioError(f"{name}: {info.format} data unreadable ({_one_line(error)})") from error
-    if info.format in _EXACT_LENGTH_FORMATS and samples.shape[0] < info.frames:
-        raise CorruptAudioError(
-            f"{name}: truncated {info.format}: header says {info.frames} frames, only {samples.shape[0]} decode"
-        )
-    return Decoded(samples, int(rate), "soundfile", info.format, info.subtype)
+    with file:
+        try:
+            samples = file.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise CorruptAudioError(f"{name}: {file.format} data unreadable ({_one_line(error)})") from error
+        if file.format in _EXACT_LENGTH_FORMATS and samples.shape[0] < file.frames:
+            raise CorruptAudioError(
+                f"{name}: truncated {file.format}: header says {file.frames} frames, only {samples.shape[0]} decode"
+            )
+        return Decoded(samples, int(file.samplerate), "soundfile", file.format, file.subtype)
 
 
 def _decode_with_av(source: str | BinaryIO) -> Decoded:

@@ -96,16 +96,19 @@ def clipped_share(samples: np.ndarray) -> float:
     for channel in channels:
         if channel.size == 0:
             continue
-        level = max(float(channel.max()), -float(channel.min()))
+        highest, lowest = float(channel.max()), float(channel.min())
+        level = max(highest, -lowest)
         if level < 1e-4:
             continue
         threshold = np.float32(level * (1 - CLIP_TOLERANCE))
-        # Flat tops are runs of neighbouring indices, at the positive or the negative peak; few samples
-        # come near the peak, so working on their indices is cheaper than on a mask of the whole signal.
-        clipped = sum(
-            _samples_in_runs(np.flatnonzero(near), CLIP_MIN_RUN)
-            for near in (channel >= threshold, channel <= -threshold)
-        )
+        # Flat tops are runs of neighbouring indices, at the positive or the negative peak (a side that
+        # never comes near the peak needs no look); few samples come near it, so their indices are cheaper
+        # to work on than a mask of the whole signal.
+        clipped = 0
+        if highest >= threshold:
+            clipped += _samples_in_runs(np.flatnonzero(channel >= threshold), CLIP_MIN_RUN)
+        if -lowest >= threshold:
+            clipped += _samples_in_runs(np.flatnonzero(channel <= -threshold), CLIP_MIN_RUN)
         worst = max(worst, clipped / channel.size)
     return worst
 
