@@ -121,7 +121,7 @@ def decode_all(
         # Prefect's overloads of submit() do not admit a sync task: hence the ignore.
         futures: list[PrefectFuture[Path]] = [
             runner.submit(decode_chunk, {"chunk": chunk, **parameters})  # type: ignore[arg-type]
-            for chunk in run_plan.chunks
+            for chunk in run_plan.chunks_largest_first
         ]
         for future in futures:
             future.result()

@@ -46,6 +46,12 @@ class RunPlan:
         return self.out / STAGING_NAME
 
     @property
+    def chunks_largest_first(self) -> list[Chunk]:
+        """The order to decode in: the biggest chunks first, so no worker is left with a long one at the end.
+        (Keys and outputs do not depend on the order.)"""
+        return sorted(self.chunks, key=lambda c: -sum(t.source.size for t in c.tasks))
+
+    @property
     def files_to_decode(self) -> int:
         return sum(len(c.tasks) for c in self.chunks)
 
@@ -138,7 +144,8 @@ def decode_chunks(
     # Threads only wait here: each chunk is decoded in a child process of its own.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         futures = {
-            pool.submit(process_chunk_isolated, c, config, plan.staging, storage_options): c for c in plan.chunks
+            pool.submit(process_chunk_isolated, c, config, plan.staging, storage_options): c
+            for c in plan.chunks_largest_first
         }
         for future in as_completed(futures):
             future.result()
