@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soxr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.corpus import read_speech
 from w2v import quality
@@ -56,9 +58,52 @@ def test_hard_clipping_at_a_third_of_the_peak_is_detected(speech: np.ndarray) ->
     clipped = np.clip(speech, -level, level)
     truth = float(np.mean(np.abs(speech) >= level))
     assert 0.8 * truth <= quality.measure(clipped, RATE).clipped_share <= truth
-    # The flat tops are found at any rate the audio was decoded at, and in any channel.
-    stereo = np.stack([speech, clipped], axis=1)
+    # The flat tops are found in any channel, against the recording's peak over all its channels.
+    stereo = np.stack([np.roll(speech, 48) * np.float32(0.2), clipped], axis=1)
     assert quality.clipped_share(stereo) == pytest.approx(quality.clipped_share(clipped))
+    # A piece's share counts the runs found over the whole recording that fall inside the piece.
+    clipping = quality.Clipping.find(clipped)
+    half = clipped.size // 2
+    expected = (clipping.share(0, half) * half + clipping.share(half) * (clipped.size - half)) / clipped.size
+    assert clipping.share() == pytest.approx(expected)
+
+
+def _clipped_share_by_hand(samples: np.ndarray) -> float:
+    """The definition, one channel and one sample at a time."""
+    worst = 0.0
+    level = max(float(samples.max()), -float(samples.min()))
+    if level < 1e-4:
+        return 0.0
+    for channel in samples.reshape(samples.shape[0], -1).T:
+        threshold = np.float32(level * (1 - quality.CLIP_TOLERANCE))
+        clipped = 0
+        for side in (channel >= threshold, channel <= -threshold):
+            run = 0
+            for flag in [*side.tolist(), False]:
+                if flag:
+                    run += 1
+                    continue
+                clipped += run if run >= quality.CLIP_MIN_RUN else 0
+                run = 0
+        worst = max(worst, clipped / channel.size)
+    return worst
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames=st.integers(1, 5000),
+    levels=st.lists(st.tuples(st.floats(0.05, 1.0), st.floats(0.05, 1.0)), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_clipped_share_counts_flat_runs_at_the_recordings_peak_as_defined(
+    frames: int, levels: list[tuple[float, float]], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 0.5, (frames, len(levels)))
+    low, high = np.array(levels).T
+    samples = np.clip(noise, -low, high).astype(np.float32)
+    assert quality.clipped_share(samples) == _clipped_share_by_hand(samples)
+    assert quality.clipped_share(samples[:, 0]) == _clipped_share_by_hand(samples[:, :1])
 
 
 def test_dc_offset_is_measured(speech: np.ndarray) -> None:

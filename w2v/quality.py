@@ -75,7 +75,7 @@ def energy_speech_share(samples: np.ndarray, sample_rate: int) -> float:
     Cheap and blind to what the sound is: steady noise or a tone has no frame above its own floor, so it
     scores near 0; music scores like speech (use the silero detector where that matters).
     """
-    return _speech_share(_spectral(samples, sample_rate).plain)
+    return _speech_share(_spectral(samples, sample_rate)[0].plain)
 
 
 def _speech_share(energies: np.ndarray, noise: float | None = None) -> float:
@@ -84,44 +84,73 @@ def _speech_share(energies: np.ndarray, noise: float | None = None) -> float:
     return float(np.mean(energies > threshold))
 
 
-def clipped_share(samples: np.ndarray) -> float:
-    """Share of samples in flat runs at the signal's own peak, worst channel of a (frames, channels) array.
+@dataclass(frozen=True)
+class Clipping:
+    """Where a recording is clipped: per channel, the sorted frames that lie in flat runs at its peak.
 
-    Measured on the audio as decoded (before resampling, whose ripple would hide the flat tops), at
-    whatever level the clipping happened, not only at full scale.
+    Found once per recording, on the audio as decoded (before resampling, whose ripple would hide the flat
+    tops), at whatever level the clipping happened, not only at full scale. The level is the recording's
+    peak over all its channels: converters and gain stages clip every channel at the same level.
     """
-    # One contiguous row per channel: reductions over a strided column of interleaved audio are slow.
-    channels = np.ascontiguousarray(samples.reshape(samples.shape[0], -1).T)
-    worst = 0.0
-    for channel in channels:
-        if channel.size == 0:
-            continue
-        highest, lowest = float(channel.max()), float(channel.min())
+
+    frames: tuple[np.ndarray, ...]
+    length: int
+
+    @classmethod
+    def find(cls, samples: np.ndarray, highest: float | None = None, lowest: float | None = None) -> Clipping:
+        """Scan a (frames,) or (frames, channels) array; its max and min may be passed in when known."""
+        length = samples.shape[0]
+        channels = 1 if samples.ndim == 1 else int(np.prod(samples.shape[1:]))
+        none = cls(tuple(np.zeros(0, np.int64) for _ in range(channels)), length)
+        if length == 0 or channels == 0:
+            return none
+        flat = np.ascontiguousarray(samples).reshape(-1)
+        highest = float(flat.max()) if highest is None else highest
+        lowest = float(flat.min()) if lowest is None else lowest
         level = max(highest, -lowest)
         if level < 1e-4:
-            continue
+            return none
         threshold = np.float32(level * (1 - CLIP_TOLERANCE))
-        # Flat tops are runs of neighbouring indices, at the positive or the negative peak (a side that
-        # never comes near the peak needs no look); few samples come near it, so their indices are cheaper
-        # to work on than a mask of the whole signal.
-        clipped = 0
-        if highest >= threshold:
-            clipped += _samples_in_runs(np.flatnonzero(channel >= threshold), CLIP_MIN_RUN)
-        if -lowest >= threshold:
-            clipped += _samples_in_runs(np.flatnonzero(channel <= -threshold), CLIP_MIN_RUN)
-        worst = max(worst, clipped / channel.size)
-    return worst
+        found: list[list[np.ndarray]] = [[] for _ in range(channels)]
+        # A side that never comes near the peak needs no look; on the other, few samples come near it, so
+        # one comparison and a count decide whether their indices are worth taking.
+        for reaches, near in ((highest >= threshold, np.greater_equal), (-lowest >= threshold, np.less_equal)):
+            if not reaches:
+                continue
+            mask = near(flat, threshold if near is np.greater_equal else -threshold)
+            if np.count_nonzero(mask) < CLIP_MIN_RUN:
+                del mask  # freed before the next side allocates its own: fresh pages cost more than the scan
+                continue
+            indices = np.flatnonzero(mask)
+            del mask
+            for channel in range(channels):
+                own = indices if channels == 1 else indices[indices % channels == channel] // channels
+                found[channel].append(_in_runs(own, CLIP_MIN_RUN))
+        return cls(tuple(np.sort(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found), length)
+
+    def share(self, start: int = 0, end: int | None = None) -> float:
+        """Share of frames start..end that are clipped, in the worst channel."""
+        end = self.length if end is None else min(end, self.length)
+        if end <= start:
+            return 0.0
+        worst = max((int(np.searchsorted(f, end) - np.searchsorted(f, start)) for f in self.frames), default=0)
+        return worst / (end - start)
 
 
-def _samples_in_runs(indices: np.ndarray, min_run: int) -> int:
-    """How many of the sorted `indices` lie in runs of at least `min_run` consecutive integers."""
+def clipped_share(samples: np.ndarray) -> float:
+    """Share of samples in flat runs at the recording's peak, worst channel of a (frames, channels) array."""
+    return Clipping.find(samples).share()
+
+
+def _in_runs(indices: np.ndarray, min_run: int) -> np.ndarray:
+    """The sorted `indices` that lie in runs of at least `min_run` consecutive integers."""
     if indices.size < min_run:
-        return 0
-    breaks = np.flatnonzero(np.diff(indices) != 1)
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks + 1, [indices.size]))
-    lengths = ends - starts
-    return int(lengths[lengths >= min_run].sum())
+        return indices[:0]
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    lengths = np.diff(np.concatenate((starts, [indices.size])))
+    keep = np.repeat(lengths >= min_run, lengths)
+    return indices[keep]
 
 
 def rms_dbfs(samples: np.ndarray) -> float:
@@ -152,7 +181,7 @@ def k_weighting(sample_rate: int) -> np.ndarray:
 
 def loudness_lufs(samples: np.ndarray, sample_rate: int) -> float | None:
     """Integrated loudness of mono audio (ITU-R BS.1770-4); None when shorter than one 400 ms block or silent."""
-    return _spectral(samples, sample_rate).loudness_lufs()
+    return _spectral(samples, sample_rate)[0].loudness_lufs()
 
 
 @dataclass(frozen=True)
@@ -179,8 +208,9 @@ class _FrameSpectra:
 
 
 @functools.lru_cache(maxsize=16)
-def _bin_weights(sample_rate: int, frame_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weights that turn |rfft|² of a frame into its mean square (Parseval), plain and K-weighted.
+def _bin_weights(sample_rate: int, frame_length: int) -> np.ndarray:
+    """(2 * bins, 2) weights that turn a frame's rfft, viewed as interleaved re/im floats and squared, into
+    its mean square (Parseval): column 0 plain, column 1 through the K-weighting.
 
     The DC bin gets no weight: energies count the signal, not an offset (measured apart as dc_offset).
     """
@@ -192,35 +222,38 @@ def _bin_weights(sample_rate: int, frame_length: int) -> tuple[np.ndarray, np.nd
     plain /= float(frame_length) ** 2
     frequencies = np.fft.rfftfreq(frame_length, 1 / sample_rate)
     _, response = scipy.signal.sosfreqz(k_weighting(sample_rate), worN=frequencies, fs=sample_rate)
-    return plain.astype(np.float32), (plain * np.abs(response) ** 2).astype(np.float32)
+    weights = np.stack([plain, plain * np.abs(response) ** 2], axis=1)
+    return np.repeat(weights, 2, axis=0).astype(np.float32)
 
 
-def _spectral(samples: np.ndarray, sample_rate: int) -> _FrameSpectra:
+def _spectral(samples: np.ndarray, sample_rate: int) -> tuple[_FrameSpectra, float]:
+    """Frame energies, and the mean of `samples` (its DC offset, read off the spectra's DC bins)."""
     length = max(2, int(FRAME_SECONDS * sample_rate))
     count = samples.shape[0] // length
     if count == 0:
         energy = float(np.dot(samples, samples)) / max(1, samples.size)
-        return _FrameSpectra(np.array([energy]), np.zeros(0))
+        mean = float(np.mean(samples, dtype=np.float64)) if samples.size else 0.0
+        return _FrameSpectra(np.array([energy]), np.zeros(0)), mean
     frames = samples[: count * length].astype(np.float32, copy=False).reshape(count, length)
     spectrum = scipy.fft.rfft(frames, axis=1)
-    power = spectrum.real * spectrum.real
-    power += spectrum.imag * spectrum.imag
-    plain_weights, k_weights = _bin_weights(sample_rate, length)
-    return _FrameSpectra((power @ plain_weights).astype(np.float64), (power @ k_weights).astype(np.float64))
+    total = float(spectrum[:, 0].real.sum(dtype=np.float64)) + float(samples[count * length :].sum(dtype=np.float64))
+    # |X|² summed with weights, as one product: the complex spectra are read as interleaved floats.
+    parts = spectrum.view(np.float32)
+    energies = (parts * parts) @ _bin_weights(sample_rate, length)
+    return _FrameSpectra(energies[:, 0].astype(np.float64), energies[:, 1].astype(np.float64)), total / samples.shape[0]
 
 
 def measure(
     samples: np.ndarray,
     sample_rate: int,
-    decoded: np.ndarray | None = None,
+    clipped: float | None = None,
     speech_detector: SpeechDetector | None = None,
 ) -> Quality:
-    """Measure float32 mono `samples`; `decoded` is the same span as decoded (any rate, any channels).
+    """Measure float32 mono `samples`; `clipped` is the span's clipped share when known (see Clipping).
 
     Speech share comes from the frame energies unless another `speech_detector` is given.
     """
-    dc = float(np.mean(samples, dtype=np.float64)) if samples.size else 0.0
-    spectra = _spectral(samples, sample_rate)
+    spectra, dc = _spectral(samples, sample_rate)
     energies = spectra.plain
     noise = noise_floor(energies)
     if speech_detector is None or speech_detector is energy_speech_share:
@@ -230,7 +263,7 @@ def measure(
     peak = max(float(samples.max()), -float(samples.min())) if samples.size else 0.0
     return Quality(
         peak=peak,
-        clipped_share=clipped_share(decoded if decoded is not None else samples),
+        clipped_share=clipped_share(samples) if clipped is None else clipped,
         dc_offset=dc,
         rms_dbfs=rms_dbfs(samples),
         loudness_lufs=spectra.loudness_lufs(),

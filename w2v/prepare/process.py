@@ -152,8 +152,10 @@ def _process(
     }
     if frames == 0:
         raise RejectedAudio("empty", f"{uri}: decodes to 0 samples")
-    finite = np.isfinite(decoded.samples)
-    if not finite.all():
+    # NaN and infinities carry through max and min: two passes that also serve the clipping scan.
+    highest, lowest = float(decoded.samples.max()), float(decoded.samples.min())
+    if not (math.isfinite(highest) and math.isfinite(lowest)):
+        finite = np.isfinite(decoded.samples)
         bad = int(finite.size - np.count_nonzero(finite))
         raise RejectedAudio("non_finite", f"{uri}: {bad} of {finite.size} samples are NaN or infinite")
     mono = audio.downmix(decoded.samples)
@@ -183,15 +185,16 @@ def _process(
     prefix = utterance_prefix(uri)
     ratio = decoded.sample_rate / config.sample_rate
     detector = speech_detector(config.vad)
+    clipping = quality.Clipping.find(decoded.samples, highest, lowest) if config.measure_quality else None
     rows: list[Utterance] = []
     filtered: list[dict[str, Any]] = []
     for k, (start, end) in enumerate(kept):
         piece = pcm[start:end]
         measured = None
-        if config.measure_quality:
-            span = decoded.samples[round(start * ratio) : round(end * ratio)]
+        if clipping is not None:
+            clipped = clipping.share(round(start * ratio), round(end * ratio))
             # The float audio the piece was quantized from: no conversion back from int16 needed.
-            measured = quality.measure(scaled[start:end], config.sample_rate, span, detector)
+            measured = quality.measure(scaled[start:end], config.sample_rate, clipped, detector)
             failure = first_failure(measured, config.quality)
             if failure is not None:
                 filtered.append(
