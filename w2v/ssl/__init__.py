@@ -1,0 +1,1 @@
+"""Self-supervised pretraining pieces: span masks and negatives, computed on the training device."""
