@@ -1,0 +1,48 @@
+"""Shard folders of synthetic utterances, written with w2v's own writer, whose samples say who they are.
+
+Utterance k's samples are (k * 7 + t) mod 65521 - 32760 at sample t, so a test can tell from the audio
+which window of utterance k a batch row holds (unambiguous for utterances under 65521 samples, about 4 s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from w2v.audio import mean_std
+from w2v.shards.manifest import Manifest, ShardEntry, write_manifest
+from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
+
+RATE = 16_000
+MODULUS = 65521
+
+
+def samples_of(k: int, length: int) -> np.ndarray:
+    return (((k * 7 + np.arange(length, dtype=np.int64)) % MODULUS) - MODULUS // 2).astype(np.int16)
+
+
+def window_start(row: np.ndarray, k: int, mean: float, std: float) -> int:
+    """Where in utterance k a normalized row starts; fails if the row is not a contiguous window of it."""
+    scale = np.sqrt(std * std + 1e-7)
+    pcm = np.rint((row.astype(np.float64) * scale + mean) * 32768).astype(np.int64)
+    first = int((pcm[0] + MODULUS // 2) % MODULUS)
+    assert np.array_equal((pcm + MODULUS // 2) % MODULUS, (first + np.arange(pcm.size)) % MODULUS)
+    return (first - 7 * k) % MODULUS
+
+
+def write_shard_folder(folder: Path, lengths: list[int], rows_per_shard: int = 50) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for number, start in enumerate(range(0, len(lengths), rows_per_shard)):
+        rows = []
+        for k in range(start, min(start + rows_per_shard, len(lengths))):
+            audio = samples_of(k, lengths[k])
+            mean, std = mean_std(audio)
+            rows.append(Utterance(f"utt-{k:06d}", audio, f"synthetic://{k}", 0.0, mean, std))
+        name = f"b00-g00001-{number:04d}.arrow"
+        written = write_stream_atomic(utterance_table(rows), folder / name)
+        seconds = sum(r.audio.size for r in rows) / RATE
+        entries.append(ShardEntry(name, 0, len(rows), seconds, written.bytes, written.sha256))
+    write_manifest(folder, Manifest(sample_rate=RATE, generation=1, shards=tuple(entries)))
+    return folder

@@ -1,0 +1,105 @@
+"""The utterances of a shard folder, read zero-copy from memory-mapped shards: lengths up front, audio on demand.
+
+Opening reads only the small columns (lengths, mean, std). The audio of utterance i is an int16 numpy view
+into the shard's memory map; nothing is decoded or resampled at train time. Shards are opened lazily in the
+process that reads them, so a corpus can be handed to DataLoader workers, forked or spawned.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from w2v.errors import ManifestError, ShardError
+from w2v.shards.manifest import read_manifest
+from w2v.shards.table import read_stream
+
+
+@dataclass(frozen=True)
+class _OpenShard:
+    values: list[np.ndarray]  # per record batch: the int16 samples of all its rows
+    offsets: list[np.ndarray]  # per record batch: row boundaries into `values`
+
+
+class ShardCorpus:
+    """One prepared shard folder. Utterance i is row `row[i]` of shard `shard[i]`, in manifest order."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        manifest = read_manifest(self.folder)
+        self.sample_rate = manifest.sample_rate
+        self.paths = [self.folder / entry.path for entry in manifest.shards]
+        if not self.paths:
+            raise ManifestError(f"{self.folder}: the manifest lists no shards; run w2v prepare on some audio first")
+        lengths, means, stds, shards, batches = [], [], [], [], []
+        rows: list[np.ndarray] = []
+        for number, (path, entry) in enumerate(zip(self.paths, manifest.shards, strict=True)):
+            table = _open(path)
+            if table.num_rows != entry.rows:
+                raise ShardError(
+                    f"{path}: {table.num_rows} rows, the manifest says {entry.rows}; run w2v shards verify"
+                )
+            lengths.append(table.column("num_samples").to_numpy().astype(np.int64))
+            means.append(table.column("mean").to_numpy().astype(np.float32))
+            stds.append(table.column("std").to_numpy().astype(np.float32))
+            shards.append(np.full(table.num_rows, number, dtype=np.int32))
+            chunk_rows = [len(chunk) for chunk in table.column("audio").chunks]
+            batches.append(np.repeat(np.arange(len(chunk_rows), dtype=np.int32), chunk_rows))
+            rows.append(np.concatenate([np.arange(n, dtype=np.int32) for n in chunk_rows] or [np.zeros(0, np.int32)]))
+        self.num_samples = np.concatenate(lengths)
+        self.mean = np.concatenate(means)
+        self.std = np.concatenate(stds)
+        self.shard = np.concatenate(shards)
+        self.batch = np.concatenate(batches)
+        self.row = np.concatenate(rows).astype(np.int32)
+        self._open: dict[int, _OpenShard] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self.num_samples.size)
+
+    @property
+    def seconds(self) -> float:
+        return float(self.num_samples.sum()) / self.sample_rate
+
+    def audio(self, index: int) -> np.ndarray:
+        """Utterance `index` as int16 samples: a view into the shard's memory map (do not write to it)."""
+        shard = self._shard(int(self.shard[index]))
+        batch, row = int(self.batch[index]), int(self.row[index])
+        offsets = shard.offsets[batch]
+        return shard.values[batch][offsets[row] : offsets[row + 1]]
+
+    def _shard(self, number: int) -> _OpenShard:
+        if self._pid != os.getpid():  # a forked worker maps the files itself
+            self._open, self._pid = {}, os.getpid()
+        opened = self._open.get(number)
+        if opened is None:
+            audio = _open(self.paths[number]).column("audio")
+            values, offsets = [], []
+            for chunk in audio.chunks:
+                if chunk.offset != 0:
+                    raise ShardError(
+                        f"{self.paths[number]}: a sliced audio column; re-run w2v prepare into a new folder"
+                    )
+                # A list array's offsets index into its whole values buffer: both are views of the map.
+                offsets.append(chunk.offsets.to_numpy())
+                values.append(chunk.values.to_numpy(zero_copy_only=True))
+            opened = self._open[number] = _OpenShard(values, offsets)
+        return opened
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
+
+
+def _open(path: Path) -> pa.Table:
+    try:
+        return read_stream(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ShardError(f"{path}: cannot be read as a shard ({error}); run w2v shards verify") from error

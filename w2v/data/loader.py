@@ -1,0 +1,103 @@
+"""The training loader: this rank's planned micro-batches, read and collated by background workers.
+
+The main process walks the stream (index arithmetic only) and hands each worker a WorkItem; workers read
+the memory-mapped shards and collate; torch's DataLoader keeps `prefetch_batches` batches ready per worker
+and pins them for an asynchronous copy to the GPU. Masks and negatives are not made here: they are drawn
+on the training device (w2v.ssl.masking), where they cost least.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from w2v.data.collate import Batch, collate
+from w2v.data.corpus import ShardCorpus
+from w2v.data.plan import BatchConfig
+from w2v.data.stream import BatchStream, StreamState, WorkItem
+from w2v.errors import W2VError
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How batches are fetched: worker processes, batches kept ready per worker, page-locked memory."""
+
+    num_workers: int = 2
+    prefetch_batches: int = 4
+    pin_memory: bool | None = None  # None: when CUDA is available
+
+
+class PlannedBatches(Dataset[Batch]):
+    """A map-style dataset whose keys are WorkItems: reading one collates that micro-batch."""
+
+    def __init__(self, corpora: Sequence[ShardCorpus], config: BatchConfig, seed: int) -> None:
+        self.corpora = list(corpora)
+        self.config = config
+        self.seed = seed
+
+    def __getitem__(self, item: WorkItem) -> Batch:
+        # Crop windows depend on (seed, position) only: a resumed run reads the same audio.
+        rng = np.random.default_rng([self.seed, item.position])
+        batch = collate(self.corpora[item.corpus], item.indices, self.config, rng)
+        return replace(
+            batch, position=item.position, corpus=item.corpus, epoch=item.epoch, state_after=item.state_after.to_dict()
+        )
+
+    def __len__(self) -> int:
+        raise TypeError("a planned stream has no length")
+
+
+class _Items:
+    """This rank's WorkItems from a state on, at most `limit` of them (None: forever)."""
+
+    def __init__(self, stream: BatchStream, rank: int, world_size: int, state: StreamState, limit: int | None) -> None:
+        self.stream, self.rank, self.world_size, self.state, self.limit = stream, rank, world_size, state, limit
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        items = self.stream.for_rank(self.rank, self.world_size, self.state)
+        for count, item in enumerate(items):
+            if self.limit is not None and count >= self.limit:
+                return
+            yield item
+
+
+def check_sample_rates(corpora: Sequence[ShardCorpus], config: BatchConfig) -> None:
+    for corpus in corpora:
+        if corpus.sample_rate != config.sample_rate:
+            raise W2VError(
+                f"{corpus.folder}: shards are at {corpus.sample_rate} Hz, the batch config expects "
+                f"{config.sample_rate} Hz; prepare the corpus at {config.sample_rate} Hz"
+            )
+
+
+def make_loader(
+    corpora: Sequence[ShardCorpus],
+    config: BatchConfig,
+    seed: int,
+    *,
+    weights: Sequence[float] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    state: StreamState | None = None,
+    max_batches: int | None = None,
+    loader: LoaderConfig = LoaderConfig(),
+) -> DataLoader[Batch]:
+    """Batches for `rank` of `world_size`, from `state` (a checkpoint's) or the start, `max_batches` of them."""
+    check_sample_rates(corpora, config)
+    stream = BatchStream([c.num_samples for c in corpora], config, seed, weights)
+    start = stream.initial_state() if state is None else state
+    pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
+    workers = loader.num_workers
+    return DataLoader(
+        PlannedBatches(corpora, config, seed),
+        batch_size=None,
+        sampler=_Items(stream, rank, world_size, start, max_batches),
+        num_workers=workers,
+        prefetch_factor=loader.prefetch_batches if workers > 0 else None,
+        persistent_workers=False,
+        pin_memory=pin,
+    )
