@@ -55,6 +55,7 @@ demo: venv system-deps
 
 bench: venv system-deps
 	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/loader.py
 
 clean:
 	rm -rf $(VENV) demo bench-out .mypy_cache .ruff_cache .pytest_cache

@@ -68,31 +68,38 @@ def span_mask(
 def sample_negatives(
     candidates: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(batch, frames, num_negatives) indices into the batch's flattened frames, as `_sample_negative_indices`.
+    """(batch, frames, num_negatives) int32 indices into the batch's flattened frames, as `_sample_negative_indices`.
 
     For every candidate step (True in `candidates`, e.g. the masked steps), `num_negatives` draws, uniform and
     with replacement, among the other candidate steps of the same row, never the step itself. Non-candidate
     steps get index row·frames (as transformers does; the loss ignores them). A row with fewer than two
     candidates has no valid negative: its candidates point at themselves, which the model's loss excludes.
+    int32 like transformers' helper (the model casts to int64 as it gathers): int64 arithmetic is several
+    times slower on CPUs, and random numbers are drawn only for candidate steps.
     """
     batch, frames = candidates.shape
     device = candidates.device
     candidates = candidates.to(torch.bool)
-    counts = candidates.sum(dim=1)
-    # Row-wise list of candidate positions, in order, then padding: stable sort of "not a candidate".
-    positions = torch.sort((~candidates).to(torch.int8), dim=1, stable=True).indices
-    rank = torch.cumsum(candidates.to(torch.int64), dim=1) - 1
-    others = (counts - 1).clamp(min=1)
-    draws = torch.rand((batch, frames, num_negatives), generator=generator, device=device)
-    sampled = (draws * others[:, None, None]).to(torch.int64)
-    sampled = torch.minimum(sampled, (others - 1)[:, None, None])
-    # Skip over the step itself: draws at or past its own rank move up by one.
-    sampled = sampled + (sampled >= rank[:, :, None]).to(torch.int64)
-    sampled = sampled.clamp(max=frames - 1)
-    negatives = torch.gather(positions, 1, sampled.reshape(batch, -1)).reshape(batch, frames, num_negatives)
-    lonely = (counts < 2)[:, None, None] & candidates[:, :, None]
-    steps = torch.arange(frames, device=device)[None, :, None].expand(batch, frames, num_negatives)
-    negatives = torch.where(lonely, steps, negatives)
-    negatives = torch.where(candidates[:, :, None], negatives, torch.zeros_like(negatives))
-    offsets = (torch.arange(batch, device=device) * frames)[:, None, None]
-    return negatives + offsets
+    steps = candidates.reshape(-1).nonzero().squeeze(1)  # flat positions of the candidates, row by row
+    counts = candidates.sum(dim=1, dtype=torch.int32)
+    starts = torch.cumsum(counts, 0, dtype=torch.int32) - counts
+    rows = torch.div(steps, frames, rounding_mode="floor")
+    ranks = (torch.cumsum(candidates, dim=1, dtype=torch.int32) - 1).reshape(-1)[steps]
+    count = counts[rows]
+    # Each row's candidate positions listed twice: the draw s in [0, n-2] taken at rank + 1 + s walks past
+    # the step itself without wrapping or comparing, uniform over the n - 1 others.
+    twice = torch.empty(2 * steps.numel(), dtype=torch.int32, device=device)
+    first = 2 * starts[rows] + ranks
+    twice[first] = steps.to(torch.int32)
+    twice[first + count] = steps.to(torch.int32)
+    others = (count - 1).clamp(min=1).to(torch.float32)
+    draws = torch.rand((steps.numel(), num_negatives), generator=generator, device=device)
+    picked = (draws * others[:, None]).to(torch.int32)
+    lonely = count < 2
+    base = torch.where(lonely, first, first + 1)  # a lonely step's only "other" is itself
+    picked += base[:, None]
+    negatives = twice.index_select(0, picked.reshape(-1)).reshape(-1, num_negatives)
+    offsets = torch.arange(batch, dtype=torch.int32, device=device) * frames
+    out = offsets.repeat_interleave(frames)[:, None].expand(batch * frames, num_negatives).contiguous()
+    out.index_copy_(0, steps, negatives)
+    return out.reshape(batch, frames, num_negatives)

@@ -1,0 +1,24 @@
+"""The benchmarks still run and print their figures (at a tiny scale: timings here mean nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_loader_benchmark_prints_its_ratios_as_json() -> None:
+    command = [sys.executable, "benchmarks/loader.py", "--minutes", "0.5", "--repeat", "1", "--epochs", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "loader"
+    assert set(result["ours_vs_seed"]) == {"ours_crop_inline", "ours_crop_2_workers", "ours_pad_inline"}
+    assert all(value > 0 for value in result["ours_vs_seed"].values())
+    assert 0 < result["wasted_share"]["seed_padding"] < 1
+    assert result["masks_and_negatives_8x15s_cpu_1_thread"]["speedup"] > 0
