@@ -231,6 +231,51 @@ def shards_inspect(
         out.print(f"quality histograms: {plot}")
 
 
+@app.command()
+def pretrain(
+    shards: Annotated[
+        list[str], typer.Option(help="Shard folder or URL, optionally with a mixing weight: a/:0.7 (repeatable).")
+    ],
+    output: Annotated[Path, typer.Option(help="Run folder: checkpoints/, metrics.jsonl, config.")],
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (sections: batch, optim, ...).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Model preset: tiny, base, large.")] = None,
+    init_from: Annotated[str | None, typer.Option(help="A transformers model folder to continue from.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Updates to train for in total.")] = None,
+    max_hours: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many hours.")] = None,
+    resume: Annotated[str, typer.Option(help="auto (newest checkpoint), never, or a checkpoint folder.")] = "auto",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: optim.lr=3e-4 (repeatable).")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
+    workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+) -> None:
+    """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch)."""
+    from w2v.data.loader import LoaderConfig
+    from w2v.train.config import TrainConfig, apply_overrides
+    from w2v.train.loop import pretrain as run_pretraining
+
+    overrides = list(set_ or [])
+    for key, value in (("model.preset", preset), ("model.init_from", init_from), ("max_steps", max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if max_hours is not None:
+        overrides.append(f"max_hours={max_hours}")
+    try:
+        if config is not None:
+            train_config = TrainConfig.from_yaml(config, overrides)
+        else:
+            train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
+        result = run_pretraining(
+            train_config, shards, output, resume=resume, cache_dir=cache_dir, loader=LoaderConfig(num_workers=workers)
+        )
+    except W2VError as error:
+        _fail(str(error))
+    console.print(
+        f"[green]{output}[/]: {result.steps} steps ({result.stopped_by}), {result.skipped_steps} skipped; "
+        f"last checkpoint {result.last_checkpoint}"
+    )
+
+
 def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)

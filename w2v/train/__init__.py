@@ -1,0 +1,1 @@
+"""Pretraining: configuration, model presets, the Accelerate loop, checkpoints and metrics."""

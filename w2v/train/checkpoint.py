@@ -1,0 +1,114 @@
+"""Checkpoints: written whole into a temporary folder, then renamed; the last K kept; the newest found on resume.
+
+RUN/checkpoints/step-00001000/
+  model/          save_pretrained (safetensors) + preprocessor_config.json: loads with from_pretrained
+  accelerate/     Accelerator.save_state: model, optimizer, scheduler, loss scaler, RNG states
+  trainer.json    step, the loader's stream state, the run's config, the last metrics (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from transformers import Wav2Vec2FeatureExtractor
+
+from w2v.errors import W2VError
+from w2v.shards.manifest import fsync_dir, write_text_atomic
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer.json"
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    step: int
+    loader_state: dict[str, Any]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"step": self.step, "loader_state": self.loader_state, "config": self.config, "metrics": self.metrics},
+            indent=1,
+        )
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def feature_extractor(sample_rate: int, attention_mask: bool) -> Wav2Vec2FeatureExtractor:
+    """The preprocessing our loader applies, as a transformers feature extractor (zero mean, unit variance)."""
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=sample_rate,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=attention_mask,
+    )
+
+
+def save_checkpoint(
+    accelerator: Accelerator, model: Any, run_dir: Path, state: TrainerState, sample_rate: int, keep_last: int
+) -> Path:
+    """Write a checkpoint (every rank takes part in saving the Accelerate state); returns its folder."""
+    folder = run_dir / CHECKPOINTS
+    final = folder / checkpoint_name(state.step)
+    temporary = folder / f".tmp-{checkpoint_name(state.step)}"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary / "accelerate"))
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(temporary / "model", safe_serialization=True)
+        attention_mask = unwrapped.config.feat_extract_norm == "layer"
+        feature_extractor(sample_rate, attention_mask).save_pretrained(temporary / "model")
+        write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
+        if final.exists():  # the same step saved again after a resume: the new one replaces it
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        fsync_dir(folder)
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a temporary folder a crash left behind is not one)."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def resolve_resume(run_dir: Path, resume: str) -> Path | None:
+    """`auto`: the newest complete checkpoint, if any; `never`: none; otherwise a checkpoint folder."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise W2VError(f"--resume {resume}: not a complete checkpoint (no {TRAINER_STATE}); try --resume auto")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
+    """Restore the Accelerate state (weights, optimizer, scheduler, scaler, RNG) and return the trainer state."""
+    try:
+        data = json.loads((path / TRAINER_STATE).read_text())
+    except (OSError, ValueError) as error:
+        raise W2VError(f"{path}: unreadable {TRAINER_STATE} ({error}); resume from another checkpoint") from error
+    accelerator.load_state(str(path / "accelerate"))
+    return TrainerState(int(data["step"]), dict(data["loader_state"]), dict(data["config"]), dict(data["metrics"]))

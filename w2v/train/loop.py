@@ -1,0 +1,194 @@
+"""The pretraining recipe, top to bottom: build, resume, loop (step, log, checkpoint), finish.
+
+Runs as one process or under `accelerate launch` (each rank runs this same function). Every decision
+that must agree across ranks (data, masks, when to stop) is a function of the step and the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from w2v.data.loader import LoaderConfig, make_loader
+from w2v.data.mixture import open_corpora
+from w2v.data.stream import StreamState
+from w2v.ssl.objective import gumbel_temperature
+from w2v.train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from w2v.train.config import TrainConfig
+from w2v.train.metrics import MetricsLog, peak_memory_bytes
+from w2v.train.presets import build_model
+from w2v.train.schedule import lr_factor
+from w2v.train.step import StepResult, train_step
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    run_dir: Path
+    steps: int  # updates done by the end of this run (counting those before a resume)
+    last_checkpoint: Path | None
+    stopped_by: str  # max_steps | max_hours
+    skipped_steps: int
+
+
+def pretrain(
+    config: TrainConfig,
+    shards: list[str],
+    run_dir: Path,
+    *,
+    resume: str = "auto",
+    cache_dir: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+    loader: LoaderConfig | None = None,
+    accelerator: Accelerator | None = None,
+) -> PretrainResult:
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    transformers.utils.logging.disable_progress_bar()
+    # --- build -------------------------------------------------------------------------------------------
+    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+    with _deterministic_algorithms(config.deterministic):
+        set_seed(config.seed)  # the initial weights
+        model: Any = build_model(config.model, config.masking)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.optim.lr,
+            betas=config.optim.betas,
+            eps=config.optim.eps,
+            weight_decay=config.optim.weight_decay,
+            fused=accelerator.device.type == "cuda",
+        )
+        factor = functools.partial(
+            lr_factor,
+            warmup_steps=config.optim.warmup_steps,
+            max_steps=config.max_steps,
+            schedule=config.optim.schedule,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if config.compile:
+            model = torch.compile(model)
+        with accelerator.main_process_first():  # one rank per node stages remote shards
+            corpora, weights = open_corpora(shards, cache_dir or run_dir / "shard-cache", storage_options)
+
+        # --- resume ------------------------------------------------------------------------------------------
+        step, loader_state = 0, None
+        checkpoint = resolve_resume(run_dir, resume)
+        if checkpoint is not None:
+            restored = load_checkpoint(accelerator, checkpoint)
+            step, loader_state = restored.step, StreamState.from_dict(restored.loader_state)
+        metrics = MetricsLog(run_dir, step if checkpoint is not None else None) if accelerator.is_main_process else None
+        batches = iter(
+            make_loader(
+                corpora,
+                config.batch,
+                config.seed,
+                weights=weights,
+                rank=accelerator.process_index,
+                world_size=accelerator.num_processes,
+                state=loader_state,
+                loader=loader or LoaderConfig(),
+            )
+        )
+
+        # --- loop --------------------------------------------------------------------------------------------
+        last_checkpoint, stopped_by, skipped = checkpoint, "max_steps", 0
+        window: list[StepResult] = []
+        while step < config.max_steps:
+            temperature = gumbel_temperature(
+                step, config.gumbel.max_temperature, config.gumbel.min_temperature, config.gumbel.decay
+            )
+            accelerator.unwrap_model(model).set_gumbel_temperature(temperature)
+            result = train_step(
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                batches,
+                accumulation=config.gradient_accumulation,
+                max_grad_norm=config.optim.max_grad_norm,
+                seed=config.seed,
+            )
+            step += 1
+            skipped += int(result.skipped)
+            window.append(result)
+            record = None
+            if step % config.log_every == 0 or step == config.max_steps:
+                record = _record(step, window, temperature, scheduler, accelerator, skipped, config.batch.sample_rate)
+                window = []
+                if metrics is not None:
+                    metrics.write(record)
+            out_of_time = config.max_hours is not None and _hours_since(started) >= config.max_hours
+            if out_of_time:
+                stopped_by = "max_hours"
+            if step % config.checkpoint_every == 0 or step == config.max_steps or out_of_time:
+                state = TrainerState(step, result.state_after, config.to_dict(), record or {})
+                last_checkpoint = save_checkpoint(
+                    accelerator, model, run_dir, state, config.batch.sample_rate, config.keep_last
+                )
+            if out_of_time:
+                break
+
+        # --- finish ------------------------------------------------------------------------------------------
+        accelerator.wait_for_everyone()
+        return PretrainResult(run_dir, step, last_checkpoint, stopped_by, skipped)
+
+
+def _record(
+    step: int,
+    window: list[StepResult],
+    temperature: float,
+    scheduler: Any,
+    accelerator: Accelerator,
+    skipped: int,
+    sample_rate: int,
+) -> dict[str, Any]:
+    """Means over the steps since the last record (rates over their total time)."""
+    count = len(window)
+    seconds = sum(r.seconds for r in window)
+    audio = sum(r.audio_samples for r in window) * accelerator.num_processes / sample_rate
+    return {
+        "step": step,
+        "loss": sum(r.loss for r in window) / count,
+        "contrastive_loss": sum(r.contrastive_loss for r in window) / count,
+        "diversity_loss": sum(r.diversity_loss for r in window) / count,
+        "masked_share": sum(r.masked_share for r in window) / count,
+        "perplexity": sum(r.perplexity for r in window) / count,
+        "grad_norm": sum(r.grad_norm for r in window) / count,
+        "lr": float(scheduler.get_last_lr()[0]),
+        "gumbel_temperature": temperature,
+        "audio_seconds_per_second": audio / seconds if seconds > 0 else 0.0,
+        "data_wait_share": sum(r.data_seconds for r in window) / seconds if seconds > 0 else 0.0,
+        "peak_memory_bytes": peak_memory_bytes(accelerator.device),
+        "skipped_steps": skipped,
+        "epochs": [c["epoch"] for c in window[-1].state_after.get("corpora", [])],
+    }
+
+
+@contextmanager
+def _deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch's deterministic kernels for the run when asked, and the process's previous setting after it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _hours_since(started: float) -> float:
+    return (time.monotonic() - started) / 3600

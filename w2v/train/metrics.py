@@ -1,0 +1,52 @@
+"""Training metrics: one JSON line per log step in RUN/metrics.jsonl, kept consistent across resumes."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: the accelerator's allocator when there is one, else the peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class MetricsLog:
+    """Appends records; on resume from step S, records of later steps (redone now) are dropped first."""
+
+    def __init__(self, run_dir: Path, resumed_step: int | None) -> None:
+        self.path = run_dir / METRICS_NAME
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resumed_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resumed_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif resumed_step is None:
+            self.path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line from a crash: drop it

@@ -1,0 +1,92 @@
+"""Model presets: Wav2Vec2Config for `tiny` (tests), `base` (~95M, fairseq BASE sizes) and `large` (~317M).
+
+All use the layer-normalized feature encoder and pre-LN ("stable layer norm") transformer that the seed's
+pretraining example requires (it refuses the group-norm variant), and SDPA attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+from w2v.errors import W2VError
+from w2v.train.config import MaskingConfig, ModelConfig
+
+_COMMON: dict[str, Any] = {
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+    "conv_bias": True,
+    "num_codevector_groups": 2,
+    "num_codevectors_per_group": 320,
+    "contrastive_logits_temperature": 0.1,
+    "diversity_loss_weight": 0.1,
+    "feat_quantizer_dropout": 0.0,
+    "mask_feature_prob": 0.0,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {  # ~0.1M parameters: learns (slowly) in a few hundred CPU steps
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "conv_dim": (32,) * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "codevector_dim": 64,
+        "proj_codevector_dim": 64,
+        "num_codevectors_per_group": 40,
+    },
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "codevector_dim": 256,
+        "proj_codevector_dim": 256,
+        "hidden_dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "feat_proj_dropout": 0.1,
+        "layerdrop": 0.05,
+    },
+    "large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "codevector_dim": 768,
+        "proj_codevector_dim": 768,
+        "hidden_dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "feat_proj_dropout": 0.1,
+        "layerdrop": 0.1,
+    },
+}
+
+
+def model_config(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2Config:
+    """The Wav2Vec2Config of a preset with the run's masking and overrides; masking fields mirror ours."""
+    if model.preset not in PRESETS:
+        raise W2VError(f"model preset {model.preset!r}: expected one of {', '.join(PRESETS)}")
+    values = {**_COMMON, **PRESETS[model.preset], **model.overrides}
+    values.update(
+        mask_time_prob=masking.mask_time_prob,
+        mask_time_length=masking.mask_time_length,
+        mask_time_min_masks=masking.mask_time_min_masks,
+        num_negatives=masking.num_negatives,
+    )
+    return Wav2Vec2Config(**values)
+
+
+def build_model(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2ForPreTraining:
+    """A randomly initialized model of the preset, or the `init_from` checkpoint to continue from."""
+    if model.init_from is not None:
+        try:
+            loaded: Wav2Vec2ForPreTraining = Wav2Vec2ForPreTraining.from_pretrained(model.init_from)
+        except OSError as error:
+            raise W2VError(f"--init-from {model.init_from}: not a transformers model folder ({error})") from error
+        return loaded
+    return Wav2Vec2ForPreTraining(model_config(model, masking))

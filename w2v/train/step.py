@@ -1,0 +1,129 @@
+"""One optimizer step: forward and backward over the accumulated micro-batches, normalize, clip, update.
+
+Gradients are summed over micro-batches (and averaged over ranks by DDP), then scaled so that the update is
+the gradient of (summed loss / masked steps of the whole step), the seed example's normalization. Everything
+random in a micro-batch (masks, negatives, dropout, Gumbel noise) is seeded from (seed, stream position):
+a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from w2v.data.collate import Batch
+from w2v.ssl.objective import pretraining_targets
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # per masked step, over the whole step (all micro-batches, all ranks)
+    contrastive_loss: float
+    diversity_loss: float
+    masked_share: float  # masked frames / audio frames
+    perplexity: float  # codevector perplexity, mean over micro-batches
+    grad_norm: float
+    audio_samples: int  # delivered to this rank
+    skipped: bool  # a non-finite loss or gradient: no update was made
+    data_seconds: float  # waiting for batches
+    seconds: float  # the whole step
+    state_after: dict[str, Any]  # the loader's stream state after this step
+
+
+def seed_for(*values: int) -> int:
+    """A 63-bit seed mixed from integers (seed, position, ...): independent streams for independent uses."""
+    return int(np.random.SeedSequence(list(values)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def train_step(
+    accelerator: Accelerator,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Iterator[Batch],
+    *,
+    accumulation: int,
+    max_grad_norm: float | None,
+    seed: int,
+) -> StepResult:
+    started = time.perf_counter()
+    device = accelerator.device
+    config = accelerator.unwrap_model(model).config
+    use_attention_mask = config.feat_extract_norm == "layer"
+    model.train()
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, contrastive, diversity, masked, frames, ppl
+    data_seconds = 0.0
+    audio = 0
+    state: dict[str, Any] = {}
+    for micro in range(accumulation):
+        waited = time.perf_counter()
+        batch = next(batches).to(device)
+        data_seconds += time.perf_counter() - waited
+        generator = torch.Generator(device=device).manual_seed(seed_for(seed, batch.position, 1))
+        targets = pretraining_targets(batch.num_samples, batch.input_values.shape[1], config, generator)
+        torch.manual_seed(seed_for(seed, batch.position, 2))  # dropout, layer drop, Gumbel noise
+        last = micro == accumulation - 1
+        with nullcontext() if last else accelerator.no_sync(model):
+            with accelerator.autocast():
+                outputs = model(
+                    batch.input_values,
+                    attention_mask=batch.attention_mask if use_attention_mask else None,
+                    mask_time_indices=targets.mask_time_indices,
+                    sampled_negative_indices=targets.sampled_negative_indices,
+                )
+            accelerator.backward(outputs.loss)
+        sums += torch.stack(
+            [
+                outputs.loss.detach().double(),
+                outputs.contrastive_loss.detach().double(),
+                outputs.diversity_loss.detach().double(),
+                targets.masked.double(),
+                targets.frames.to(device).double(),
+                outputs.codevector_perplexity.detach().double(),
+            ]
+        )
+        audio += batch.audio_samples
+        state = batch.state_after
+    totals = accelerator.reduce(sums, reduction="sum")
+    masked = float(totals[3])
+    # DDP averaged the ranks' summed gradients: times the number of ranks, over all masked steps.
+    scale = accelerator.num_processes / max(masked, 1.0)
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    for parameter in parameters:
+        parameter.grad.mul_(scale)
+    limit = max_grad_norm if max_grad_norm is not None else math.inf
+    grad_norm = float(accelerator.clip_grad_norm_(parameters, limit))
+    loss = float(totals[0]) / max(masked, 1.0)
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if accelerator.scaler is not None:
+        # fp16: the loss scaler must see the overflow to lower its scale; it skips the update itself.
+        optimizer.step()
+        skipped = accelerator.optimizer_step_was_skipped or not finite
+    else:
+        skipped = not finite
+        if not skipped:
+            optimizer.step()
+    if not skipped:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(
+        loss=loss,
+        contrastive_loss=float(totals[1]) / max(masked, 1.0),
+        diversity_loss=float(totals[2]) / max(masked, 1.0),
+        masked_share=masked / max(float(totals[4]), 1.0),
+        perplexity=float(totals[5]) / (accumulation * accelerator.num_processes),
+        grad_norm=grad_norm,
+        audio_samples=audio,
+        skipped=skipped,
+        data_seconds=data_seconds,
+        seconds=time.perf_counter() - started,
+        state_after=state,
+    )
