@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora
@@ -27,7 +27,7 @@ from w2v.ssl.objective import gumbel_temperature
 from w2v.train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from w2v.train.config import TrainConfig
 from w2v.train.metrics import MetricsLog, peak_memory_bytes
-from w2v.train.presets import build_model
+from w2v.train.presets import build_model, model_config
 from w2v.train.schedule import lr_factor
 from w2v.train.step import StepResult, train_step
 
@@ -56,7 +56,18 @@ def pretrain(
     run_dir = Path(run_dir)
     transformers.utils.logging.disable_progress_bar()
     # --- build -------------------------------------------------------------------------------------------
-    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+    if accelerator is None:
+        # Layer drop skips layers at random per rank: DDP must expect parameters without gradients.
+        layerdrop = float(model_config(config.model, config.masking).layerdrop)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=layerdrop > 0)
+        # cpu=True when there is no GPU: only then does Accelerate join the ranks torchrun started (gloo).
+        # Our schedule counts optimizer steps; Accelerate would otherwise step it once per rank per step.
+        accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[ddp],
+            step_scheduler_with_optimizer=False,
+        )
     with _deterministic_algorithms(config.deterministic):
         set_seed(config.seed)  # the initial weights
         model: Any = build_model(config.model, config.masking)

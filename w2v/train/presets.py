@@ -68,7 +68,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def model_config(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2Config:
-    """The Wav2Vec2Config of a preset with the run's masking and overrides; masking fields mirror ours."""
+    """The Wav2Vec2Config of the run: the `init_from` model's, or the preset's with the run's masking and overrides."""
+    if model.init_from is not None:
+        try:
+            loaded: Wav2Vec2Config = Wav2Vec2Config.from_pretrained(model.init_from)
+        except OSError as error:
+            raise W2VError(f"--init-from {model.init_from}: not a transformers model folder ({error})") from error
+        return loaded
     if model.preset not in PRESETS:
         raise W2VError(f"model preset {model.preset!r}: expected one of {', '.join(PRESETS)}")
     values = {**_COMMON, **PRESETS[model.preset], **model.overrides}
