@@ -144,3 +144,10 @@ def _write(folder: Path, text: str) -> Path:
     path = folder / "config.yaml"
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "base.yaml"])
+def test_the_shipped_configs_load(name: str) -> None:
+    config = TrainConfig.from_yaml(ROOT / "configs" / name)
+    assert config.model.preset in ("tiny", "base")
+    assert isinstance(config.optim.lr, float)
