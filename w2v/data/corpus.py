@@ -7,6 +7,8 @@ process that reads them, so a corpus can be handed to DataLoader workers, forked
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from w2v.errors import ManifestError, ShardError
+from w2v.errors import ManifestError, ShardError, W2VError
 from w2v.shards.manifest import read_manifest
 from w2v.shards.table import read_stream
 
@@ -36,7 +38,7 @@ class ShardCorpus:
         self.paths = [self.folder / entry.path for entry in manifest.shards]
         if not self.paths:
             raise ManifestError(f"{self.folder}: the manifest lists no shards; run w2v prepare on some audio first")
-        lengths, means, stds, shards, batches = [], [], [], [], []
+        lengths, means, stds, shards, batches, sources = [], [], [], [], [], []
         rows: list[np.ndarray] = []
         for number, (path, entry) in enumerate(zip(self.paths, manifest.shards, strict=True)):
             table = _open(path)
@@ -47,6 +49,7 @@ class ShardCorpus:
             lengths.append(table.column("num_samples").to_numpy().astype(np.int64))
             means.append(table.column("mean").to_numpy().astype(np.float32))
             stds.append(table.column("std").to_numpy().astype(np.float32))
+            sources.append(_source_positions(table.column("source").to_pylist()))
             shards.append(np.full(table.num_rows, number, dtype=np.int32))
             chunk_rows = [len(chunk) for chunk in table.column("audio").chunks]
             batches.append(np.repeat(np.arange(len(chunk_rows), dtype=np.int32), chunk_rows))
@@ -57,8 +60,18 @@ class ShardCorpus:
         self.shard = np.concatenate(shards)
         self.batch = np.concatenate(batches)
         self.row = np.concatenate(rows).astype(np.int32)
+        # Where each utterance's recording falls in [0, 1): a stable hash of its source URI, so that a split
+        # by it keeps the pieces of one recording together and stays put as the corpus grows.
+        self.source_position = np.concatenate(sources)
         self._open: dict[int, _OpenShard] = {}
         self._pid = os.getpid()
+
+    def subset(self, indices: np.ndarray) -> ShardCorpus:
+        """The same shards, holding only utterances `indices` (renumbered from 0)."""
+        part = copy.copy(self)
+        for name in ("num_samples", "mean", "std", "shard", "batch", "row", "source_position"):
+            setattr(part, name, getattr(self, name)[indices])
+        return part
 
     def __len__(self) -> int:
         return int(self.num_samples.size)
@@ -98,8 +111,25 @@ class ShardCorpus:
         return state
 
 
+def _source_positions(sources: list[str]) -> np.ndarray:
+    positions = {s: int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big") / 2.0**64 for s in set(sources)}
+    return np.array([positions[s] for s in sources], dtype=np.float64)
+
+
 def _open(path: Path) -> pa.Table:
     try:
         return read_stream(path)
     except (OSError, pa.ArrowInvalid) as error:
         raise ShardError(f"{path}: cannot be read as a shard ({error}); run w2v shards verify") from error
+
+
+def split_held_out(corpus: ShardCorpus, share: float) -> tuple[ShardCorpus, ShardCorpus | None]:
+    """(training, held-out): whole recordings whose source hash falls below `share` are held out."""
+    if share <= 0:
+        return corpus, None
+    held = corpus.source_position < share
+    if held.all():
+        raise W2VError(f"{corpus.folder}: a held-out share of {share} takes every recording; lower val_share")
+    if not held.any():
+        return corpus, None
+    return corpus.subset(np.flatnonzero(~held)), corpus.subset(np.flatnonzero(held))

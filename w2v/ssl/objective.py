@@ -9,6 +9,7 @@ optimizer step (all micro-batches, all ranks), as the seed's example divides its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import Wav2Vec2Config
@@ -54,3 +55,20 @@ def pretraining_targets(
 def gumbel_temperature(step: int, max_temperature: float, min_temperature: float, decay: float) -> float:
     """max(max_temperature · decay^step, min_temperature) for `step` updates done, as the seed's example sets it."""
     return float(max(max_temperature * decay**step, min_temperature))
+
+
+def contrastive_accuracy(outputs: Any, targets: PretrainingTargets) -> torch.Tensor:
+    """Share of masked frames whose context vector is closer (cosine) to its own quantized frame than to every
+    distractor, the way Wav2Vec2ForPreTraining scores them (a distractor equal to the target is ignored)."""
+    context = outputs.projected_states.float()
+    quantized = outputs.projected_quantized_states.float()
+    rows, frames, dim = quantized.shape
+    negatives = quantized.reshape(-1, dim)[targets.sampled_negative_indices.long().reshape(-1)]
+    negatives = negatives.reshape(rows, frames, -1, dim)
+    positive = torch.cosine_similarity(context, quantized, dim=-1)
+    distractors = torch.cosine_similarity(context[:, :, None, :], negatives, dim=-1)
+    same = (negatives == quantized[:, :, None, :]).all(-1)
+    distractors = distractors.masked_fill(same, float("-inf"))
+    correct = positive > distractors.max(dim=-1).values
+    mask = targets.mask_time_indices
+    return (correct & mask).sum() / mask.sum().clamp(min=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from w2v.errors import W2VError
 from w2v.shards.manifest import fsync_dir, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
+BEST = "best"
 TRAINER_STATE = "trainer.json"
 
 
@@ -31,12 +32,11 @@ class TrainerState:
     loader_state: dict[str, Any]
     config: dict[str, Any]
     metrics: dict[str, Any]
+    # The loop's own memory: best validation loss so far and evaluations since (early stopping).
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"step": self.step, "loader_state": self.loader_state, "config": self.config, "metrics": self.metrics},
-            indent=1,
-        )
+        return json.dumps(asdict(self), indent=1)
 
 
 def checkpoint_name(step: int) -> str:
@@ -67,10 +67,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary / "accelerate"))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(temporary / "model", safe_serialization=True)
-        attention_mask = unwrapped.config.feat_extract_norm == "layer"
-        feature_extractor(sample_rate, attention_mask).save_pretrained(temporary / "model")
+        _save_model(accelerator.unwrap_model(model), temporary / "model", sample_rate)
         write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
         if final.exists():  # the same step saved again after a resume: the new one replaces it
             shutil.rmtree(final)
@@ -111,4 +108,35 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
     except (OSError, ValueError) as error:
         raise W2VError(f"{path}: unreadable {TRAINER_STATE} ({error}); resume from another checkpoint") from error
     accelerator.load_state(str(path / "accelerate"))
-    return TrainerState(int(data["step"]), dict(data["loader_state"]), dict(data["config"]), dict(data["metrics"]))
+    return TrainerState(
+        int(data["step"]),
+        dict(data["loader_state"]),
+        dict(data["config"]),
+        dict(data["metrics"]),
+        dict(data.get("tracking", {})),
+    )
+
+
+def save_best(accelerator: Accelerator, model: Any, run_dir: Path, state: TrainerState, sample_rate: int) -> Path:
+    """RUN/best: the model with the lowest validation loss so far (a from_pretrained folder), replaced whole."""
+    best = run_dir / BEST
+    if accelerator.is_main_process:
+        temporary = run_dir / f".tmp-{BEST}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        _save_model(accelerator.unwrap_model(model), temporary / "model", sample_rate)
+        write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
+        previous = run_dir / f".old-{BEST}"
+        shutil.rmtree(previous, ignore_errors=True)
+        if best.exists():
+            os.replace(best, previous)
+        os.replace(temporary, best)
+        shutil.rmtree(previous, ignore_errors=True)
+        fsync_dir(run_dir)
+    accelerator.wait_for_everyone()
+    return best
+
+
+def _save_model(model: Any, folder: Path, sample_rate: int) -> None:
+    """A from_pretrained folder: the weights (safetensors), the config, and the feature extractor's config."""
+    model.save_pretrained(folder, safe_serialization=True)
+    feature_extractor(sample_rate, model.config.feat_extract_norm == "layer").save_pretrained(folder)

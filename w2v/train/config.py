@@ -75,6 +75,11 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     keep_last: int = 3
     max_hours: float | None = None
+    # Validation on held-out recordings (chosen by a hash of their source, so a growing corpus keeps them).
+    val_share: float = 0.01
+    eval_every: int = 1_000
+    max_val_batches: int | None = 200
+    early_stopping_patience: int | None = None  # evaluations without a new best before stopping
     model: ModelConfig = field(default_factory=ModelConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
@@ -86,7 +91,9 @@ class TrainConfig:
             raise W2VError(f"optim.schedule {self.optim.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if self.mixed_precision not in PRECISIONS:
             raise W2VError(f"mixed_precision {self.mixed_precision!r}: expected one of {', '.join(PRECISIONS)}")
-        for name in ("max_steps", "gradient_accumulation", "log_every", "checkpoint_every", "keep_last"):
+        if not 0 <= self.val_share < 1:
+            raise W2VError(f"val_share must be in [0, 1), got {self.val_share}")
+        for name in ("max_steps", "gradient_accumulation", "log_every", "checkpoint_every", "keep_last", "eval_every"):
             if getattr(self, name) < 1:
                 raise W2VError(f"{name} must be at least 1, got {getattr(self, name)}")
 

@@ -20,12 +20,14 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+from w2v.data.corpus import split_held_out
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora
 from w2v.data.stream import StreamState
 from w2v.ssl.objective import gumbel_temperature
-from w2v.train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from w2v.train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_best, save_checkpoint
 from w2v.train.config import TrainConfig
+from w2v.train.evaluate import evaluate
 from w2v.train.metrics import MetricsLog, peak_memory_bytes
 from w2v.train.presets import build_model, model_config
 from w2v.train.schedule import lr_factor
@@ -37,7 +39,7 @@ class PretrainResult:
     run_dir: Path
     steps: int  # updates done by the end of this run (counting those before a resume)
     last_checkpoint: Path | None
-    stopped_by: str  # max_steps | max_hours
+    stopped_by: str  # max_steps | max_hours | early_stopping
     skipped_steps: int
 
 
@@ -93,13 +95,18 @@ def pretrain(
             model = torch.compile(model)
         with accelerator.main_process_first():  # one rank per node stages remote shards
             corpora, weights = open_corpora(shards, cache_dir or run_dir / "shard-cache", storage_options)
+        splits = [split_held_out(corpus, config.val_share) for corpus in corpora]
+        corpora = [train for train, _ in splits]
+        held_out = [held for _, held in splits if held is not None]
 
         # --- resume ------------------------------------------------------------------------------------------
         step, loader_state = 0, None
+        tracking: dict[str, Any] = {"best_val_loss": None, "evals_since_best": 0}
         checkpoint = resolve_resume(run_dir, resume)
         if checkpoint is not None:
             restored = load_checkpoint(accelerator, checkpoint)
             step, loader_state = restored.step, StreamState.from_dict(restored.loader_state)
+            tracking.update(restored.tracking)
         metrics = MetricsLog(run_dir, step if checkpoint is not None else None) if accelerator.is_main_process else None
         batches = iter(
             make_loader(
@@ -141,15 +148,34 @@ def pretrain(
                 window = []
                 if metrics is not None:
                     metrics.write(record)
+            patience_over = False
+            if held_out and (step % config.eval_every == 0 or step == config.max_steps):
+                evaluation = evaluate(
+                    accelerator, model, held_out, config.batch, config.seed, config.max_val_batches
+                ).as_record()
+                best = tracking["best_val_loss"]
+                if best is None or evaluation["val_loss"] < best:
+                    tracking.update(best_val_loss=evaluation["val_loss"], evals_since_best=0, best_step=step)
+                    state = TrainerState(step, result.state_after, config.to_dict(), evaluation, dict(tracking))
+                    save_best(accelerator, model, run_dir, state, config.batch.sample_rate)
+                else:
+                    tracking["evals_since_best"] += 1
+                patience = config.early_stopping_patience
+                patience_over = patience is not None and tracking["evals_since_best"] >= patience
+                if metrics is not None:
+                    metrics.write({"step": step, **evaluation, "best_val_loss": tracking["best_val_loss"]})
             out_of_time = config.max_hours is not None and _hours_since(started) >= config.max_hours
+            stopping = out_of_time or patience_over
             if out_of_time:
                 stopped_by = "max_hours"
-            if step % config.checkpoint_every == 0 or step == config.max_steps or out_of_time:
-                state = TrainerState(step, result.state_after, config.to_dict(), record or {})
+            elif patience_over:
+                stopped_by = "early_stopping"
+            if step % config.checkpoint_every == 0 or step == config.max_steps or stopping:
+                state = TrainerState(step, result.state_after, config.to_dict(), record or {}, dict(tracking))
                 last_checkpoint = save_checkpoint(
                     accelerator, model, run_dir, state, config.batch.sample_rate, config.keep_last
                 )
-            if out_of_time:
+            if stopping:
                 break
 
         # --- finish ------------------------------------------------------------------------------------------

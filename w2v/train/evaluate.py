@@ -1,0 +1,94 @@
+"""Validation: the pretraining loss and contrastive accuracy on held-out recordings, the same at every call.
+
+The held-out batches, their crops, masks and negatives depend only on the seed, so two evaluations of the
+same weights give the same numbers and successive ones are comparable. Ranks split the batches and sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from w2v.data.collate import collate
+from w2v.data.corpus import ShardCorpus
+from w2v.data.plan import BatchConfig, plan_batches
+from w2v.ssl.objective import contrastive_accuracy, pretraining_targets
+from w2v.train.step import seed_for
+
+EVAL_SALT = 977  # keeps held-out draws apart from training's
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # per masked frame
+    contrastive_loss: float
+    diversity_loss: float
+    accuracy: float  # share of masked frames whose true quantized frame scores above every distractor
+    perplexity: float
+    masked_frames: int
+    batches: int
+
+    def as_record(self, prefix: str = "val_") -> dict[str, Any]:
+        return {f"{prefix}{name}": value for name, value in self.__dict__.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator,
+    model: Any,
+    corpora: Sequence[ShardCorpus],
+    config: BatchConfig,
+    seed: int,
+    max_batches: int | None = None,
+) -> Evaluation:
+    """Every held-out micro-batch (or the first `max_batches`), split over the ranks."""
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    device = accelerator.device
+    model_config = unwrapped.config
+    work = [(c, b) for c in corpora for b in plan_batches(c.num_samples, config, seed, EVAL_SALT)]
+    work = work[:max_batches] if max_batches is not None else work
+    sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, contrastive, diversity, correct, masked, ppl, n
+    for position in range(accelerator.process_index, len(work), accelerator.num_processes):
+        corpus, indices = work[position]
+        batch = collate(corpus, indices, config, np.random.default_rng([seed, EVAL_SALT, position])).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed_for(seed, EVAL_SALT, position))
+        targets = pretraining_targets(batch.num_samples, batch.input_values.shape[1], model_config, generator)
+        with accelerator.autocast():
+            outputs = unwrapped(
+                batch.input_values,
+                attention_mask=batch.attention_mask if model_config.feat_extract_norm == "layer" else None,
+                mask_time_indices=targets.mask_time_indices,
+                sampled_negative_indices=targets.sampled_negative_indices,
+            )
+        correct = contrastive_accuracy(outputs, targets) * targets.masked
+        sums += torch.stack(
+            [
+                outputs.loss.double(),
+                outputs.contrastive_loss.double(),
+                outputs.diversity_loss.double(),
+                correct.double(),
+                targets.masked.double(),
+                outputs.codevector_perplexity.double(),
+                torch.ones((), dtype=torch.float64, device=device),
+            ]
+        )
+    totals = accelerator.reduce(sums, reduction="sum")
+    if was_training:
+        unwrapped.train()
+    masked = max(float(totals[4]), 1.0)
+    return Evaluation(
+        loss=float(totals[0]) / masked,
+        contrastive_loss=float(totals[1]) / masked,
+        diversity_loss=float(totals[2]) / masked,
+        accuracy=float(totals[3]) / masked,
+        perplexity=float(totals[5]) / max(float(totals[6]), 1.0),
+        masked_frames=int(totals[4]),
+        batches=len(work),
+    )
