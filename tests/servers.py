@@ -33,9 +33,9 @@ class S3Server:
 
 
 @contextmanager
-def moto_s3_server(start_timeout_seconds: float = 30.0) -> Iterator[S3Server]:
-    """Start moto's standalone server on a free loopback port; kill it (by PID) on exit."""
-    port = free_port()
+def moto_s3_server(start_timeout_seconds: float = 30.0, port: int | None = None) -> Iterator[S3Server]:
+    """Start moto's standalone server on a free (or the given) loopback port; kill it (by PID) on exit."""
+    port = port or free_port()
     moto = Path(sys.executable).parent / "moto_server"
     process = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)],

@@ -276,6 +276,28 @@ def pretrain(
     )
 
 
+@app.command()
+def upload(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (or any) folder, e.g. RUN/checkpoints/step-…")],
+    url: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix/name, or a local folder.")],
+    endpoint_url: Annotated[str | None, typer.Option(help="An S3-compatible server (MinIO, moto, …).")] = None,
+    storage_options: Annotated[str | None, typer.Option(help="fsspec options as JSON.")] = None,
+    attempts: Annotated[int, typer.Option(help="Tries per operation, with exponential backoff.")] = 8,
+) -> None:
+    """Upload a folder, read every file back to check its sha256, then write _UPLOAD_COMPLETE.json."""
+    from w2v.upload import RetryPolicy, upload_folder
+
+    options: dict[str, Any] = json.loads(storage_options) if storage_options else {}
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    try:
+        result = upload_folder(checkpoint, url, options or None, RetryPolicy(attempts=attempts))
+    except W2VError as error:
+        _fail(str(error))
+    done = "already complete there" if result.already_complete else f"{result.bytes_put / 1e6:.1f} MB sent"
+    console.print(f"[green]{url}[/]: {result.files} files verified ({done})")
+
+
 def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
