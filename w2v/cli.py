@@ -277,6 +277,26 @@ def pretrain(
 
 
 @app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder (RUN/best, RUN/checkpoints/step-…).")],
+    shards: Annotated[list[str], typer.Option(help="The shard folders (or URLs) the run trained on.")],
+    cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
+    val_share: Annotated[
+        float | None, typer.Option(help="Held-out share of recordings (default: the run's own).")
+    ] = None,
+) -> None:
+    """Validation loss, contrastive accuracy and perplexity on the held-out recordings, as JSON."""
+    from w2v.train.evaluate import evaluate_checkpoint
+
+    model_dir = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint
+    try:
+        result = evaluate_checkpoint(model_dir, shards, cache_dir=cache_dir, val_share=val_share)
+    except W2VError as error:
+        _fail(str(error))
+    print(json.dumps(result.as_record(prefix=""), indent=1))
+
+
+@app.command()
 def upload(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (or any) folder, e.g. RUN/checkpoints/step-…")],
     url: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix/name, or a local folder.")],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from w2v.train.loop import pretrain
 from w2v.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 LENGTHS = [int(x) for x in np.random.default_rng(5).integers(16_000, 40_000, 60)]
 BASE = {
     "seed": 2,
@@ -73,6 +76,9 @@ def test_validation_is_logged_the_best_model_is_kept_and_evaluation_repeats_exac
     second = evaluate(Accelerator(cpu=True), model, [held], config.batch, config.seed)
     assert first == second
     assert first.loss == pytest.approx(best["metrics"]["val_loss"], rel=1e-5)
+    command = [sys.executable, "-m", "w2v", "evaluate", str(tmp_path / "best"), "--shards", str(shards)]
+    printed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True, cwd=ROOT).stdout
+    assert json.loads(printed)["loss"] == pytest.approx(first.loss, rel=1e-5)
 
 
 def test_training_stops_when_validation_stops_improving(shards: Path, tmp_path: Path) -> None:

@@ -6,18 +6,24 @@ same weights give the same numbers and successive ones are comparable. Ranks spl
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from accelerate import Accelerator
 
 from w2v.data.collate import collate
 from w2v.data.corpus import ShardCorpus
 from w2v.data.plan import BatchConfig, plan_batches
+from w2v.errors import W2VError
 from w2v.ssl.objective import contrastive_accuracy, pretraining_targets
+from w2v.train.config import TrainConfig
 from w2v.train.step import seed_for
 
 EVAL_SALT = 977  # keeps held-out draws apart from training's
@@ -92,3 +98,39 @@ def evaluate(
         masked_frames=int(totals[4]),
         batches=len(work),
     )
+
+
+def evaluate_checkpoint(
+    model_dir: Path,
+    shards: Sequence[str],
+    *,
+    config: TrainConfig | None = None,
+    cache_dir: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+    val_share: float | None = None,
+) -> Evaluation:
+    """Evaluate a from_pretrained folder on the held-out recordings of `shards` (the run's config, if the
+    checkpoint has one beside it, decides the split, the batches and the seed)."""
+    from transformers import Wav2Vec2ForPreTraining
+
+    from w2v.data.corpus import split_held_out
+    from w2v.data.mixture import open_corpora
+
+    model_dir = Path(model_dir)
+    if config is None:
+        saved = model_dir.parent / "trainer.json"
+        config = TrainConfig.from_dict(json.loads(saved.read_text())["config"]) if saved.is_file() else TrainConfig()
+    if val_share is not None:
+        config = dataclasses.replace(config, val_share=val_share)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        model = Wav2Vec2ForPreTraining.from_pretrained(model_dir)
+    except OSError as error:
+        raise W2VError(f"{model_dir}: not a model folder ({error}); pass CHECKPOINT/model") from error
+    corpora, _ = open_corpora(list(shards), cache_dir or model_dir / ".shard-cache", storage_options)
+    held_out = [held for _, held in (split_held_out(c, config.val_share) for c in corpora) if held is not None]
+    if not held_out:
+        raise W2VError(f"no held-out recordings with val_share={config.val_share}; raise it (--val-share 0.2)")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = accelerator.prepare(model)
+    return evaluate(accelerator, model, held_out, config.batch, config.seed, config.max_val_batches)

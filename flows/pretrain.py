@@ -1,0 +1,141 @@
+"""pretrain: prepared shards → a pretrained wav2vec 2.0 checkpoint, evaluated and uploaded.
+
+stage shards (remote ones into a local cache, checked) → train (`accelerate launch` as a subprocess, its
+log streamed into the flow run; a retry resumes from the newest checkpoint) → evaluate the best model on
+the held-out recordings → upload it (a local folder by default) → publish a training report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from w2v.data.mixture import parse_shards_arg
+from w2v.data.staging import stage_shards
+from w2v.errors import W2VError
+from w2v.train.checkpoint import BEST, complete_checkpoints
+from w2v.train.evaluate import evaluate_checkpoint
+from w2v.train.metrics import read_metrics
+from w2v.train.report import training_report_markdown
+from w2v.upload import upload_folder
+
+
+@task(name="stage-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+def stage(shards: list[str], cache_dir: Path, storage_options: dict[str, Any] | None) -> list[str]:
+    """Local folders for every --shards argument (weights kept), so that training ranks never download."""
+    staged = []
+    for arg in shards:
+        parsed = parse_shards_arg(arg)
+        result = stage_shards(parsed.location, cache_dir, storage_options)
+        if result.shards:
+            get_run_logger().info("%s: %d shards staged, %d bytes fetched", arg, result.shards, result.fetched_bytes)
+        staged.append(f"{result.folder}:{parsed.weight}")
+    return staged
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+def train(command: list[str]) -> None:
+    """Run training in its own processes; a retry of this task resumes from the newest checkpoint."""
+    logger = get_run_logger()
+    logger.info("%s", " ".join(command))
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment) as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if line.strip():
+                logger.info("%s", line.rstrip())
+    if p.returncode != 0:
+        raise W2VError(f"training exited with status {p.returncode}; the log above says why")
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_best(model_dir: Path, shards: list[str]) -> dict[str, Any]:
+    try:
+        return evaluate_checkpoint(model_dir, shards).as_record()
+    except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
+        get_run_logger().warning("no evaluation: %s", error)
+        return {}
+
+
+@task(name="upload", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60)
+def upload(checkpoint: Path, url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    result = upload_folder(checkpoint, url, storage_options)
+    return {"url": result.url, "files": result.files, "bytes_put": result.bytes_put}
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(run_dir: Path, extra: dict[str, Any]) -> None:
+    create_markdown_artifact(
+        key="pretraining-report",
+        markdown=training_report_markdown(read_metrics(run_dir), str(run_dir), extra),
+        description=f"pretrain into {run_dir}",
+    )
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_flow(
+    shards: list[str],
+    output: str,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    num_processes: int = 1,
+    accelerate_config: str | None = None,
+    upload_to: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    loader_workers: int = 2,
+) -> dict[str, Any]:
+    """Pretrain on SHARDS into OUTPUT, evaluate, and upload the best (else the last) checkpoint.
+
+    `upload_to` defaults to OUTPUT/uploaded (a local folder); `accelerate_config` is an Accelerate config
+    file (DDP, FSDP, DeepSpeed); with `num_processes` > 1 and none given, one DDP rank per process.
+    """
+    run_dir = Path(output)
+    staged = stage(shards, run_dir / "shard-cache", storage_options)
+    train(training_command(staged, run_dir, config, overrides or [], num_processes, accelerate_config, loader_workers))
+    published = run_dir / BEST if (run_dir / BEST).is_dir() else _last_checkpoint(run_dir)
+    evaluation = evaluate_best(published / "model", staged)
+    destination = upload_to or str(run_dir / "uploaded" / published.name)
+    uploaded = upload(published, destination, storage_options)
+    publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})
+    return {"checkpoint": str(published), "evaluation": evaluation, "upload": uploaded}
+
+
+def training_command(
+    shards: list[str],
+    run_dir: Path,
+    config: str | None,
+    overrides: list[str],
+    num_processes: int,
+    accelerate_config: str | None,
+    loader_workers: int,
+) -> list[str]:
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        accelerate += ["--config_file", accelerate_config]
+    else:
+        accelerate += ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
+        accelerate += ["--mixed_precision", "no"]  # the run's config decides precision
+        if num_processes > 1:
+            accelerate.append("--multi_gpu")  # on a machine without GPUs this starts CPU ranks (gloo)
+    command = [*accelerate, "-m", "w2v", "pretrain", "--output", str(run_dir), "--workers", str(loader_workers)]
+    for shard in shards:
+        command += ["--shards", shard]
+    if config:
+        command += ["--config", config]
+    for item in overrides:
+        command += ["--set", item]
+    return command
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    found = complete_checkpoints(run_dir)
+    if not found:
+        raise W2VError(f"{run_dir}: training left no checkpoint")
+    return found[-1]
