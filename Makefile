@@ -56,6 +56,7 @@ demo: venv system-deps
 bench: venv system-deps
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) demo bench-out .mypy_cache .ruff_cache .pytest_cache

@@ -22,3 +22,13 @@ def test_the_loader_benchmark_prints_its_ratios_as_json() -> None:
     assert all(value > 0 for value in result["ours_vs_seed"].values())
     assert 0 < result["wasted_share"]["seed_padding"] < 1
     assert result["masks_and_negatives_8x15s_cpu_1_thread"]["speedup"] > 0
+
+
+@pytest.mark.slow
+def test_the_training_benchmark_prints_its_ratios_as_json() -> None:
+    command = [sys.executable, "benchmarks/train.py", "--minutes", "0.3", "--steps", "2", "--repeat", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "train"
+    assert set(result["ours_vs_seed"]) == {"ours_inline", "ours_1_worker"}
+    assert all(value > 0 for value in result["audio_seconds_per_second"].values())

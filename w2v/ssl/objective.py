@@ -57,18 +57,51 @@ def gumbel_temperature(step: int, max_temperature: float, min_temperature: float
     return float(max(max_temperature * decay**step, min_temperature))
 
 
-def contrastive_accuracy(outputs: Any, targets: PretrainingTargets) -> torch.Tensor:
-    """Share of masked frames whose context vector is closer (cosine) to its own quantized frame than to every
-    distractor, the way Wav2Vec2ForPreTraining scores them (a distractor equal to the target is ignored)."""
+@dataclass(frozen=True)
+class Objective:
+    """Sums over the batch's masked frames, as Wav2Vec2ForPreTraining's own loss (not yet divided)."""
+
+    loss: torch.Tensor  # contrastive + diversity_loss_weight · diversity
+    contrastive: torch.Tensor
+    diversity: torch.Tensor
+    correct: torch.Tensor  # masked frames whose true quantized frame scores above every distractor
+    masked: torch.Tensor
+
+
+def pretraining_objective(outputs: Any, targets: PretrainingTargets, config: Wav2Vec2Config) -> Objective:
+    """Wav2Vec2ForPreTraining's loss, computed from its outputs for the masked frames only.
+
+    The model scores every frame against its distractors (a batch × frames × negatives × dim gather) and
+    then ignores the unmasked ones. Here the normalized context vectors meet the normalized quantized ones
+    in one batched product per utterance, and only masked frames' logits are gathered from it: the same
+    numbers (cosine / temperature, distractors equal to the target excluded, cross-entropy summed, plus the
+    weighted diversity term) for a fraction of the time and memory.
+    """
     context = outputs.projected_states.float()
     quantized = outputs.projected_quantized_states.float()
-    rows, frames, dim = quantized.shape
-    negatives = quantized.reshape(-1, dim)[targets.sampled_negative_indices.long().reshape(-1)]
-    negatives = negatives.reshape(rows, frames, -1, dim)
-    positive = torch.cosine_similarity(context, quantized, dim=-1)
-    distractors = torch.cosine_similarity(context[:, :, None, :], negatives, dim=-1)
-    same = (negatives == quantized[:, :, None, :]).all(-1)
-    distractors = distractors.masked_fill(same, float("-inf"))
-    correct = positive > distractors.max(dim=-1).values
+    frames = quantized.shape[1]
+    eps = 1e-8
+    context = context / context.norm(dim=-1, keepdim=True).clamp(min=eps)
+    unit = quantized / quantized.norm(dim=-1, keepdim=True).clamp(min=eps)
     mask = targets.mask_time_indices
-    return (correct & mask).sum() / mask.sum().clamp(min=1)
+    row, step = mask.nonzero(as_tuple=True)
+    # (masked frames, frames): each masked frame's context against every quantized frame of its utterance.
+    scores = torch.bmm(context, unit.transpose(1, 2))[row, step] / config.contrastive_logits_temperature
+    distractors = targets.sampled_negative_indices[row, step].long() - (row * frames)[:, None]
+    positive = scores.gather(1, step[:, None])
+    negative = scores.gather(1, distractors)
+    # A distractor identical to the target is no distractor (the model compares the vectors; a fixed
+    # random projection of each quantized vector compares them in one number).
+    direction = torch.randn(quantized.shape[-1], generator=torch.Generator().manual_seed(0)).to(quantized)
+    fingerprint = quantized @ direction
+    same = fingerprint[row[:, None], distractors] == fingerprint[row, step][:, None]
+    negative = negative.masked_fill(same, float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    contrastive = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    codevectors = config.num_codevectors_per_group * config.num_codevector_groups
+    masked = mask.sum()
+    diversity = (codevectors - outputs.codevector_perplexity) / codevectors * masked
+    correct = (positive[:, 0] > negative.max(dim=1).values).sum()
+    loss = contrastive + config.diversity_loss_weight * diversity
+    return Objective(loss, contrastive.detach(), diversity.detach(), correct, masked)

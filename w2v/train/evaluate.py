@@ -22,7 +22,7 @@ from w2v.data.collate import collate
 from w2v.data.corpus import ShardCorpus
 from w2v.data.plan import BatchConfig, plan_batches
 from w2v.errors import W2VError
-from w2v.ssl.objective import contrastive_accuracy, pretraining_targets
+from w2v.ssl.objective import pretraining_objective, pretraining_targets
 from w2v.train.config import TrainConfig
 from w2v.train.step import seed_for
 
@@ -71,16 +71,15 @@ def evaluate(
                 batch.input_values,
                 attention_mask=batch.attention_mask if model_config.feat_extract_norm == "layer" else None,
                 mask_time_indices=targets.mask_time_indices,
-                sampled_negative_indices=targets.sampled_negative_indices,
             )
-        correct = contrastive_accuracy(outputs, targets) * targets.masked
+        objective = pretraining_objective(outputs, targets, model_config)
         sums += torch.stack(
             [
-                outputs.loss.double(),
-                outputs.contrastive_loss.double(),
-                outputs.diversity_loss.double(),
-                correct.double(),
-                targets.masked.double(),
+                objective.loss.double(),
+                objective.contrastive.double(),
+                objective.diversity.double(),
+                objective.correct.double(),
+                objective.masked.double(),
                 outputs.codevector_perplexity.double(),
                 torch.ones((), dtype=torch.float64, device=device),
             ]

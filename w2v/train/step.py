@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 
 from w2v.data.collate import Batch
-from w2v.ssl.objective import pretraining_targets
+from w2v.ssl.objective import pretraining_objective, pretraining_targets
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,20 @@ def train_step(
         last = micro == accumulation - 1
         with nullcontext() if last else accelerator.no_sync(model):
             with accelerator.autocast():
+                # No negatives to the model: it would score every frame; the objective scores masked ones.
                 outputs = model(
                     batch.input_values,
                     attention_mask=batch.attention_mask if use_attention_mask else None,
                     mask_time_indices=targets.mask_time_indices,
-                    sampled_negative_indices=targets.sampled_negative_indices,
                 )
-            accelerator.backward(outputs.loss)
+            objective = pretraining_objective(outputs, targets, config)
+            accelerator.backward(objective.loss)
         sums += torch.stack(
             [
-                outputs.loss.detach().double(),
-                outputs.contrastive_loss.detach().double(),
-                outputs.diversity_loss.detach().double(),
-                targets.masked.double(),
+                objective.loss.detach().double(),
+                objective.contrastive.double(),
+                objective.diversity.double(),
+                objective.masked.double(),
                 targets.frames.to(device).double(),
                 outputs.codevector_perplexity.detach().double(),
             ]
