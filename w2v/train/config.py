@@ -61,6 +61,17 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """When a run warns, and when it rolls back to its last checkpoint with a lower learning rate."""
+
+    max_consecutive_skips: int = 5  # non-finite updates in a row before a rollback
+    max_rollbacks: int = 3  # then the run stops with an error
+    rollback_lr_factor: float = 0.5  # the peak lr after the k-th rollback: lr · factor^k
+    perplexity_floor_share: float = 0.1  # warn below this share of the codevectors in use
+    mask_share_tolerance: float = 0.5  # warn when the masked share is this far (relative) from expected
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
     max_steps: int = 400_000
@@ -85,6 +96,7 @@ class TrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    guards: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         if self.optim.schedule not in SCHEDULES:

@@ -7,6 +7,7 @@ that must agree across ranks (data, masks, when to stop) is a function of the st
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -24,14 +25,18 @@ from w2v.data.corpus import split_held_out
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora
 from w2v.data.stream import StreamState
+from w2v.errors import W2VError
 from w2v.ssl.objective import gumbel_temperature
 from w2v.train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_best, save_checkpoint
 from w2v.train.config import TrainConfig
 from w2v.train.evaluate import evaluate
+from w2v.train.guards import health_warnings
 from w2v.train.metrics import MetricsLog, peak_memory_bytes
 from w2v.train.presets import build_model, model_config
 from w2v.train.schedule import lr_factor
 from w2v.train.step import StepResult, train_step
+
+logger = logging.getLogger("w2v.train")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ def pretrain(
 
         # --- loop --------------------------------------------------------------------------------------------
         last_checkpoint, stopped_by, skipped = checkpoint, "max_steps", 0
+        consecutive_skips, rollbacks = 0, 0
         window: list[StepResult] = []
         while step < config.max_steps:
             temperature = gumbel_temperature(
@@ -141,10 +147,24 @@ def pretrain(
             )
             step += 1
             skipped += int(result.skipped)
+            consecutive_skips = consecutive_skips + 1 if result.skipped else 0
+            if consecutive_skips >= config.guards.max_consecutive_skips:
+                rollbacks += 1
+                step = _roll_back(accelerator, scheduler, config, last_checkpoint, rollbacks, step)
+                consecutive_skips, window = 0, []
+                if metrics is not None:
+                    metrics.rewind(step)
+                continue
             window.append(result)
             record = None
             if step % config.log_every == 0 or step == config.max_steps:
                 record = _record(step, window, temperature, scheduler, accelerator, skipped, config.batch.sample_rate)
+                record["rollbacks"] = rollbacks
+                warmed_up = step > config.optim.warmup_steps  # early codebooks and losses say little
+                architecture = accelerator.unwrap_model(model).config
+                record["warnings"] = health_warnings(record, architecture, config.guards) if warmed_up else []
+                for warning in record["warnings"]:
+                    logger.warning("step %d: %s", step, warning)
                 window = []
                 if metrics is not None:
                     metrics.write(record)
@@ -212,6 +232,37 @@ def _record(
         "skipped_steps": skipped,
         "epochs": [c["epoch"] for c in window[-1].state_after.get("corpora", [])],
     }
+
+
+def _roll_back(
+    accelerator: Accelerator, scheduler: Any, config: TrainConfig, checkpoint: Path | None, rollbacks: int, step: int
+) -> int:
+    """Updates keep failing: back to the last checkpoint's weights and optimizer, with a lower peak lr.
+
+    The loader keeps going forward (the batches that failed are not read again). Returns the step to go on
+    from; raises when there is nothing to go back to or the rollbacks are used up.
+    """
+    guards = config.guards
+    if checkpoint is None or rollbacks > guards.max_rollbacks:
+        why = "before its first checkpoint" if checkpoint is None else f"after {guards.max_rollbacks} rollbacks"
+        raise W2VError(
+            f"training diverged at step {step} {why}: {guards.max_consecutive_skips} updates in a row had a "
+            "non-finite loss or gradient; lower optim.lr, raise optim.warmup_steps, or use bf16 instead of fp16"
+        )
+    restored = load_checkpoint(accelerator, checkpoint)
+    lr = config.optim.lr * guards.rollback_lr_factor**rollbacks
+    inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate wraps the torch scheduler
+    inner.base_lrs = [lr for _ in inner.base_lrs]
+    logger.warning(
+        "step %d: %d non-finite updates in a row; rolled back to %s with peak lr %.3g (rollback %d of %d)",
+        step,
+        guards.max_consecutive_skips,
+        checkpoint.name,
+        lr,
+        rollbacks,
+        guards.max_rollbacks,
+    )
+    return restored.step
 
 
 @contextmanager

@@ -28,10 +28,14 @@ class MetricsLog:
         self.path = run_dir / METRICS_NAME
         run_dir.mkdir(parents=True, exist_ok=True)
         if resumed_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resumed_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            self.rewind(resumed_step)
         elif resumed_step is None:
             self.path.write_text("")
+
+    def rewind(self, step: int) -> None:
+        """Forget the records of steps after `step` (they are about to be done again)."""
+        kept = [line for line in self.path.read_text().splitlines() if _step(line) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:

@@ -1,0 +1,38 @@
+"""Guards for long unattended runs: warnings with remedies, and a rollback when updates keep failing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import Wav2Vec2Config
+
+from w2v.train.config import GuardConfig
+
+
+def expected_masked_share(mask_time_prob: float) -> float:
+    """About 1 - e^-p: p·T/L span starts of length L cover a share p of the frames, less their overlaps."""
+    return 1.0 - math.exp(-mask_time_prob)
+
+
+def health_warnings(record: dict[str, Any], model: Wav2Vec2Config, guards: GuardConfig) -> list[str]:
+    """What a log record says is going wrong, each with what to do about it (empty when all is well)."""
+    warnings = []
+    codevectors = model.num_codevectors_per_group * model.num_codevector_groups
+    if record["perplexity"] < guards.perplexity_floor_share * codevectors:
+        warnings.append(
+            f"codevector perplexity {record['perplexity']:.1f} of {codevectors}: the quantizer is collapsing onto "
+            "few codevectors; raise diversity_loss_weight (model.overrides) or gumbel.max_temperature, or lower "
+            "optim.lr"
+        )
+    target = expected_masked_share(model.mask_time_prob)
+    share = record["masked_share"]
+    if abs(share - target) > guards.mask_share_tolerance * target:
+        warnings.append(
+            f"{100 * share:.0f} % of frames masked, expected about {100 * target:.0f} %: utterances are too short "
+            "for mask_time_length (raise prepare's --min-seconds or batch.max_sample_seconds) or the masking "
+            "config is off"
+        )
+    if not math.isfinite(record["loss"]):
+        warnings.append("the loss is not finite: lower optim.lr, raise optim.warmup_steps, or use bf16 not fp16")
+    return warnings
