@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter
-from prefect.client.schemas.sorting import ArtifactSort
 from prefect.testing.utilities import prefect_test_harness
 from transformers import Wav2Vec2ForPreTraining
 
 from flows.pretrain import pretrain_flow
 from tests.data.shard_folders import write_shard_folder
+from tests.flows.artifacts import newest_artifact_markdown
 from w2v.upload import MARKER
 
 pytestmark = pytest.mark.slow
@@ -33,18 +31,6 @@ optim: {lr: 2.0e-3, warmup_steps: 5}
 """
 
 
-async def _report() -> str:
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pretraining-report"])),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=10,
-        )
-    return str(artifacts[0].data)
-
-
 def test_the_flow_trains_evaluates_uploads_the_best_model_and_reports(tmp_path: Path) -> None:
     lengths = [int(x) for x in np.random.default_rng(3).integers(16_000, 40_000, 60)]
     shards = write_shard_folder(tmp_path / "shards", lengths)
@@ -59,7 +45,7 @@ def test_the_flow_trains_evaluates_uploads_the_best_model_and_reports(tmp_path: 
             upload_to=str(bucket),
             loader_workers=0,
         )
-        markdown = asyncio.run(_report())
+        markdown = asyncio.run(newest_artifact_markdown("pretraining-report"))
     assert result["checkpoint"].endswith("best")
     assert 0 <= result["evaluation"]["val_accuracy"] <= 1
     marker = json.loads((bucket / MARKER).read_text())

@@ -70,10 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def model_config(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2Config:
     """The Wav2Vec2Config of the run: the `init_from` model's, or the preset's with the run's masking and overrides."""
     if model.init_from is not None:
-        try:
-            loaded: Wav2Vec2Config = Wav2Vec2Config.from_pretrained(model.init_from)
-        except OSError as error:
-            raise W2VError(f"--init-from {model.init_from}: not a transformers model folder ({error})") from error
+        loaded: Wav2Vec2Config = _from_pretrained(Wav2Vec2Config, model.init_from)
         return loaded
     if model.preset not in PRESETS:
         raise W2VError(f"model preset {model.preset!r}: expected one of {', '.join(PRESETS)}")
@@ -90,9 +87,13 @@ def model_config(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2Config:
 def build_model(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2ForPreTraining:
     """A randomly initialized model of the preset, or the `init_from` checkpoint to continue from."""
     if model.init_from is not None:
-        try:
-            loaded: Wav2Vec2ForPreTraining = Wav2Vec2ForPreTraining.from_pretrained(model.init_from)
-        except OSError as error:
-            raise W2VError(f"--init-from {model.init_from}: not a transformers model folder ({error})") from error
+        loaded: Wav2Vec2ForPreTraining = _from_pretrained(Wav2Vec2ForPreTraining, model.init_from)
         return loaded
     return Wav2Vec2ForPreTraining(model_config(model, masking))
+
+
+def _from_pretrained(kind: Any, folder: str) -> Any:
+    try:
+        return kind.from_pretrained(folder)
+    except OSError as error:
+        raise W2VError(f"--init-from {folder}: not a transformers model folder ({error})") from error
