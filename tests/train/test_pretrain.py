@@ -152,3 +152,16 @@ def test_the_shipped_configs_load(name: str) -> None:
     config = TrainConfig.from_yaml(ROOT / "configs" / name)
     assert config.model.preset in ("tiny", "base")
     assert isinstance(config.optim.lr, float)
+
+
+def test_metrics_also_go_to_tensorboard(uninterrupted: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(uninterrupted / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/perplexity", "train/lr", "train/gumbel_temperature"} <= set(tags)
+    logged = {record["step"]: record["loss"] for record in read_metrics(uninterrupted) if "loss" in record}
+    scalars = {event.step: event.value for event in events.Scalars("train/loss")}
+    assert scalars.keys() == logged.keys()
+    assert all(abs(scalars[s] - logged[s]) < 1e-4 * abs(logged[s]) for s in logged)

@@ -199,6 +199,8 @@ def pretrain(
                 break
 
         # --- finish ------------------------------------------------------------------------------------------
+        if metrics is not None:
+            metrics.close()
         accelerator.wait_for_everyone()
         return PretrainResult(run_dir, step, last_checkpoint, stopped_by, skipped)
 

@@ -1,4 +1,5 @@
-"""Training metrics: one JSON line per log step in RUN/metrics.jsonl, kept consistent across resumes."""
+"""Training metrics: one JSON line per log step in RUN/metrics.jsonl (kept consistent across resumes and
+rollbacks), and the same numbers as TensorBoard scalars in RUN/tensorboard (`tensorboard --logdir RUN`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_NAME = "tensorboard"
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -22,11 +24,18 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 class MetricsLog:
-    """Appends records; on resume from step S, records of later steps (redone now) are dropped first."""
+    """Appends records; on resume from step S, records of later steps (redone now) are dropped first.
+
+    TensorBoard gets every numeric field of each record, under train/ or val/ (its event files are
+    append-only: after a resume the redone steps appear again, and TensorBoard shows the latest).
+    """
 
     def __init__(self, run_dir: Path, resumed_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
         self.path = run_dir / METRICS_NAME
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_NAME), purge_step=resumed_step)
         if resumed_step is not None and self.path.exists():
             self.rewind(resumed_step)
         elif resumed_step is None:
@@ -40,6 +49,15 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        step = int(record["step"])
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                tag = f"val/{name[4:]}" if name.startswith("val_") else f"train/{name}"
+                self.tensorboard.add_scalar(tag, value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
