@@ -6,6 +6,8 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -265,9 +267,16 @@ def pretrain(
             train_config = TrainConfig.from_yaml(config, overrides)
         else:
             train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
-        result = run_pretraining(
-            train_config, shards, output, resume=resume, cache_dir=cache_dir, loader=LoaderConfig(num_workers=workers)
-        )
+        with _training_progress(train_config.max_steps, train_config.batch.sample_rate) as on_step:
+            result = run_pretraining(
+                train_config,
+                shards,
+                output,
+                resume=resume,
+                cache_dir=cache_dir,
+                loader=LoaderConfig(num_workers=workers),
+                on_step=on_step,
+            )
     except W2VError as error:
         _fail(str(error))
     console.print(
@@ -316,6 +325,21 @@ def upload(
         _fail(str(error))
     done = "already complete there" if result.already_complete else f"{result.bytes_put / 1e6:.1f} MB sent"
     console.print(f"[green]{url}[/]: {result.files} files verified ({done})")
+
+
+@contextmanager
+def _training_progress(max_steps: int, sample_rate: int) -> Iterator[Callable[[int, Any], None]]:
+    """A progress bar of updates with the latest loss, on a terminal (and silent in logs, e.g. under Prefect)."""
+    columns = [TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}")]
+    with Progress(*columns, TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("pretrain", total=max_steps, status="")
+
+        def on_step(step: int, result: Any) -> None:
+            rate = result.audio_samples / sample_rate / max(result.seconds, 1e-9)
+            status = f"loss {result.loss:.3f}  {rate:.0f} audio-s/s"
+            progress.update(task, completed=step, status=status)
+
+        yield on_step
 
 
 def _fail(message: str) -> NoReturn:

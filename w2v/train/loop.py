@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +58,10 @@ def pretrain(
     storage_options: dict[str, Any] | None = None,
     loader: LoaderConfig | None = None,
     accelerator: Accelerator | None = None,
+    on_step: Callable[[int, StepResult], None] | None = None,
 ) -> PretrainResult:
+    """Train (or go on training) into `run_dir`; `on_step(step, result)` is called after each update on the
+    main process (the command line draws its progress bar with it)."""
     started = time.monotonic()
     run_dir = Path(run_dir)
     transformers.utils.logging.disable_progress_bar()
@@ -156,6 +159,8 @@ def pretrain(
                     metrics.rewind(step)
                 continue
             window.append(result)
+            if on_step is not None and accelerator.is_main_process:
+                on_step(step, result)
             record = None
             if step % config.log_every == 0 or step == config.max_steps:
                 record = _record(step, window, temperature, scheduler, accelerator, skipped, config.batch.sample_rate)
