@@ -35,6 +35,8 @@ class Batch:
     utterance_samples: int = 0  # audio of the utterances drawn, before cropping
     cropped_samples: int = 0  # of which not delivered
     padded_samples: int = 0  # zeros added
+    piece: int = 0  # which part of its planned micro-batch (see make_loader's split)
+    pieces: int = 1
 
     @property
     def audio_samples(self) -> int:

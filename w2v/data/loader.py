@@ -41,10 +41,16 @@ class PlannedBatches(Dataset[Batch]):
 
     def __getitem__(self, item: WorkItem) -> Batch:
         # Crop windows depend on (seed, position) only: a resumed run reads the same audio.
-        rng = np.random.default_rng([self.seed, item.position])
-        batch = collate(self.corpora[item.corpus], item.indices, self.config, rng)
+        key = [self.seed, item.position] if item.pieces == 1 else [self.seed, item.position, item.piece]
+        batch = collate(self.corpora[item.corpus], item.indices, self.config, np.random.default_rng(key))
         return replace(
-            batch, position=item.position, corpus=item.corpus, epoch=item.epoch, state_after=item.state_after.to_dict()
+            batch,
+            position=item.position,
+            corpus=item.corpus,
+            epoch=item.epoch,
+            state_after=item.state_after.to_dict(),
+            piece=item.piece,
+            pieces=item.pieces,
         )
 
     def __len__(self) -> int:
@@ -52,17 +58,21 @@ class PlannedBatches(Dataset[Batch]):
 
 
 class _Items:
-    """This rank's WorkItems from a state on, at most `limit` of them (None: forever)."""
+    """This rank's WorkItems from a state on, at most `limit` planned micro-batches (None: forever), each read
+    as up to `split` pieces."""
 
-    def __init__(self, stream: BatchStream, rank: int, world_size: int, state: StreamState, limit: int | None) -> None:
-        self.stream, self.rank, self.world_size, self.state, self.limit = stream, rank, world_size, state, limit
+    def __init__(
+        self, stream: BatchStream, rank: int, world_size: int, state: StreamState, limit: int | None, split: int
+    ) -> None:
+        self.stream, self.rank, self.world_size, self.state = stream, rank, world_size, state
+        self.limit, self.split = limit, split
 
     def __iter__(self) -> Iterator[WorkItem]:
         items = self.stream.for_rank(self.rank, self.world_size, self.state)
         for count, item in enumerate(items):
             if self.limit is not None and count >= self.limit:
                 return
-            yield item
+            yield from item.split(self.split)
 
 
 def check_sample_rates(corpora: Sequence[ShardCorpus], config: BatchConfig) -> None:
@@ -85,8 +95,14 @@ def make_loader(
     state: StreamState | None = None,
     max_batches: int | None = None,
     loader: LoaderConfig = LoaderConfig(),
+    split: int = 1,
 ) -> DataLoader[Batch]:
-    """Batches for `rank` of `world_size`, from `state` (a checkpoint's) or the start, `max_batches` of them."""
+    """Batches for `rank` of `world_size`, from `state` (a checkpoint's) or the start, `max_batches` of them.
+
+    `split` > 1 reads each planned micro-batch as that many pieces of consecutive rows (the out-of-memory
+    guard's smaller micro-batches: the same utterances per update, in more, smaller forward passes)."""
+    if split < 1:
+        raise W2VError(f"loader: split must be at least 1, got {split}")
     check_sample_rates(corpora, config)
     stream = BatchStream([c.num_samples for c in corpora], config, seed, weights)
     start = stream.initial_state() if state is None else state
@@ -95,7 +111,7 @@ def make_loader(
     return DataLoader(
         PlannedBatches(corpora, config, seed),
         batch_size=None,
-        sampler=_Items(stream, rank, world_size, start, max_batches),
+        sampler=_Items(stream, rank, world_size, start, max_batches, split),
         num_workers=workers,
         prefetch_factor=loader.prefetch_batches if workers > 0 else None,
         persistent_workers=False,

@@ -59,6 +59,17 @@ class WorkItem:
     cursor: int
     indices: np.ndarray
     state_after: StreamState
+    # After an out-of-memory step the planned micro-batch is read as `pieces` parts (same utterances).
+    piece: int = 0
+    pieces: int = 1
+
+    def split(self, parts: int) -> list[WorkItem]:
+        """This micro-batch as up to `parts` consecutive runs of its rows (fewer when it has fewer rows)."""
+        chunks = [c for c in np.array_split(self.indices, parts) if len(c)] if parts > 1 else [self.indices]
+        return [
+            WorkItem(self.position, self.corpus, self.epoch, self.cursor, c, self.state_after, k, len(chunks))
+            for k, c in enumerate(chunks)
+        ]
 
 
 class BatchStream:

@@ -31,6 +31,7 @@ from w2v.train.checkpoint import TrainerState, load_checkpoint, resolve_resume, 
 from w2v.train.config import TrainConfig
 from w2v.train.evaluate import evaluate
 from w2v.train.guards import health_warnings
+from w2v.train.memory import OutOfMemory, clear_marker, marker_split, release_memory, write_marker
 from w2v.train.metrics import MetricsLog, peak_memory_bytes
 from w2v.train.presets import build_model, model_config
 from w2v.train.schedule import lr_factor
@@ -116,18 +117,28 @@ def pretrain(
             step, loader_state = restored.step, StreamState.from_dict(restored.loader_state)
             tracking.update(restored.tracking)
         metrics = MetricsLog(run_dir, step if checkpoint is not None else None) if accelerator.is_main_process else None
-        batches = iter(
-            make_loader(
-                corpora,
-                config.batch,
-                config.seed,
-                weights=weights,
-                rank=accelerator.process_index,
-                world_size=accelerator.num_processes,
-                state=loader_state,
-                loader=loader or LoaderConfig(),
+        # Out-of-memory guard: micro-batches read in `split` pieces (kept in checkpoints, or asked for by a
+        # multi-process run that ran out of memory).
+        split = max(int(tracking.get("micro_batch_split", 1)), marker_split(run_dir))
+        tracking.update(micro_batch_split=split, oom_events=tracking.get("oom_events", 0))
+        step_start = loader_state
+
+        def open_batches(state: StreamState | None, split: int) -> Iterator[Any]:
+            return iter(
+                make_loader(
+                    corpora,
+                    config.batch,
+                    config.seed,
+                    weights=weights,
+                    rank=accelerator.process_index,
+                    world_size=accelerator.num_processes,
+                    state=state,
+                    loader=loader or LoaderConfig(),
+                    split=split,
+                )
             )
-        )
+
+        batches = open_batches(step_start, split)
 
         # --- loop --------------------------------------------------------------------------------------------
         last_checkpoint, stopped_by, skipped = checkpoint, "max_steps", 0
@@ -138,16 +149,29 @@ def pretrain(
                 step, config.gumbel.max_temperature, config.gumbel.min_temperature, config.gumbel.decay
             )
             accelerator.unwrap_model(model).set_gumbel_temperature(temperature)
-            result = train_step(
-                accelerator,
-                model,
-                optimizer,
-                scheduler,
-                batches,
-                accumulation=config.gradient_accumulation,
-                max_grad_norm=config.optim.max_grad_norm,
-                seed=config.seed,
-            )
+            try:
+                result = train_step(
+                    accelerator,
+                    model,
+                    optimizer,
+                    scheduler,
+                    batches,
+                    accumulation=config.gradient_accumulation,
+                    max_grad_norm=config.optim.max_grad_norm,
+                    seed=config.seed,
+                )
+            except OutOfMemory as error:
+                failure: OutOfMemory | None = error
+            else:
+                failure = None
+            if failure is not None:  # handled outside the except block: the failed step's tensors are free
+                del batches
+                release_memory()
+                split = _smaller_micro_batches(accelerator, run_dir, failure, split, step)
+                tracking.update(micro_batch_split=split, oom_events=tracking["oom_events"] + 1)
+                batches = open_batches(step_start, split)
+                continue
+            step_start = StreamState.from_dict(result.state_after)
             step += 1
             skipped += int(result.skipped)
             consecutive_skips = consecutive_skips + 1 if result.skipped else 0
@@ -164,7 +188,7 @@ def pretrain(
             record = None
             if step % config.log_every == 0 or step == config.max_steps:
                 record = _record(step, window, temperature, scheduler, accelerator, skipped, config.batch.sample_rate)
-                record["rollbacks"] = rollbacks
+                record.update(rollbacks=rollbacks, oom_events=tracking["oom_events"], micro_batch_split=split)
                 warmed_up = step > config.optim.warmup_steps  # early codebooks and losses say little
                 architecture = accelerator.unwrap_model(model).config
                 record["warnings"] = health_warnings(record, architecture, config.guards) if warmed_up else []
@@ -200,6 +224,8 @@ def pretrain(
                 last_checkpoint = save_checkpoint(
                     accelerator, model, run_dir, state, config.batch.sample_rate, config.keep_last
                 )
+                if accelerator.is_main_process:
+                    clear_marker(run_dir)
             if stopping:
                 break
 
@@ -239,6 +265,28 @@ def _record(
         "skipped_steps": skipped,
         "epochs": [c["epoch"] for c in window[-1].state_after.get("corpora", [])],
     }
+
+
+def _smaller_micro_batches(accelerator: Accelerator, run_dir: Path, failure: OutOfMemory, split: int, step: int) -> int:
+    """A step ran out of memory: the split to retry it with (one process), or stop asking for it (several)."""
+    if failure.rows <= 1:
+        raise W2VError(
+            f"out of memory at step {step + 1} on a single utterance of {failure.samples} samples: lower "
+            "batch.max_sample_seconds, or turn on gradient_checkpointing or bf16 mixed_precision"
+        )
+    if accelerator.num_processes > 1:
+        write_marker(run_dir, 2 * split, step, accelerator.process_index)
+        raise W2VError(
+            f"rank {accelerator.process_index} ran out of memory at step {step + 1} ({failure}); resume "
+            f"(--resume auto) reads micro-batches in {2 * split} pieces with {2 * split}× the accumulation"
+        )
+    logger.warning(
+        "step %d: %s; micro-batches now read in %d pieces (the same utterances per update)",
+        step + 1,
+        failure,
+        2 * split,
+    )
+    return 2 * split
 
 
 def _roll_back(
