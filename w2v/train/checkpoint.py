@@ -66,8 +66,9 @@ def save_checkpoint(
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary / "accelerate"))
+    weights = accelerator.get_state_dict(model)  # every rank: FSDP gathers the shards here
     if accelerator.is_main_process:
-        _save_model(accelerator.unwrap_model(model), temporary / "model", sample_rate)
+        _save_model(accelerator.unwrap_model(model), weights, temporary / "model", sample_rate)
         write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
         if final.exists():  # the same step saved again after a resume: the new one replaces it
             shutil.rmtree(final)
@@ -120,10 +121,11 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
 def save_best(accelerator: Accelerator, model: Any, run_dir: Path, state: TrainerState, sample_rate: int) -> Path:
     """RUN/best: the model with the lowest validation loss so far (a from_pretrained folder), replaced whole."""
     best = run_dir / BEST
+    weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         temporary = run_dir / f".tmp-{BEST}"
         shutil.rmtree(temporary, ignore_errors=True)
-        _save_model(accelerator.unwrap_model(model), temporary / "model", sample_rate)
+        _save_model(accelerator.unwrap_model(model), weights, temporary / "model", sample_rate)
         write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
         previous = run_dir / f".old-{BEST}"
         shutil.rmtree(previous, ignore_errors=True)
@@ -136,7 +138,7 @@ def save_best(accelerator: Accelerator, model: Any, run_dir: Path, state: Traine
     return best
 
 
-def _save_model(model: Any, folder: Path, sample_rate: int) -> None:
+def _save_model(model: Any, weights: dict[str, Any], folder: Path, sample_rate: int) -> None:
     """A from_pretrained folder: the weights (safetensors), the config, and the feature extractor's config."""
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
     feature_extractor(sample_rate, model.config.feat_extract_norm == "layer").save_pretrained(folder)

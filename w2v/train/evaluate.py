@@ -61,18 +61,27 @@ def evaluate(
     work = [(c, b) for c in corpora for b in plan_batches(c.num_samples, config, seed, EVAL_SALT)]
     work = work[:max_batches] if max_batches is not None else work
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, contrastive, diversity, correct, masked, ppl, n
-    for position in range(accelerator.process_index, len(work), accelerator.num_processes):
+    ranks = accelerator.num_processes
+    rounds = -(-len(work) // ranks)
+    for round_ in range(rounds):
+        # Every rank runs the same number of forward passes (FSDP gathers weights in each); a rank past
+        # the end repeats a batch and does not count it.
+        position = round_ * ranks + accelerator.process_index
+        counted = position < len(work)
+        position = position if counted else position % len(work)
         corpus, indices = work[position]
         batch = collate(corpus, indices, config, np.random.default_rng([seed, EVAL_SALT, position])).to(device)
         generator = torch.Generator(device=device).manual_seed(seed_for(seed, EVAL_SALT, position))
         targets = pretraining_targets(batch.num_samples, batch.input_values.shape[1], model_config, generator)
         with accelerator.autocast():
-            outputs = unwrapped(
+            outputs = model(
                 batch.input_values,
                 attention_mask=batch.attention_mask if model_config.feat_extract_norm == "layer" else None,
                 mask_time_indices=targets.mask_time_indices,
             )
         objective = pretraining_objective(outputs, targets, model_config)
+        if not counted:
+            continue
         sums += torch.stack(
             [
                 objective.loss.double(),

@@ -68,6 +68,7 @@ def pretrain(
     transformers.utils.logging.disable_progress_bar()
     # --- build -------------------------------------------------------------------------------------------
     if accelerator is None:
+        _check_launcher()
         # Layer drop skips layers at random per rank: DDP must expect parameters without gradients.
         layerdrop = float(model_config(config.model, config.masking).layerdrop)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=layerdrop > 0)
@@ -318,6 +319,17 @@ def _roll_back(
         guards.max_rollbacks,
     )
     return restored.step
+
+
+def _check_launcher() -> None:
+    """Refuse what the step cannot honour, and say when Accelerate will quietly ignore a config file."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise W2VError(
+            "DeepSpeed is not supported: it owns the gradients, and the pretraining step normalizes them by the "
+            "masked frames of the whole update before clipping; use configs/accelerate/fsdp.yaml (sharding) instead"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        logger.warning("FSDP needs GPUs: without one the ranks train data-parallel (DDP over gloo) on the CPU")
 
 
 @contextmanager
