@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -21,10 +21,13 @@ from w2v.data.mixture import parse_shards_arg
 from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
 from w2v.train.checkpoint import BEST, complete_checkpoints
+from w2v.train.config import resolve_config_path
 from w2v.train.evaluate import evaluate_checkpoint
 from w2v.train.metrics import read_metrics
 from w2v.train.report import training_report_markdown
 from w2v.upload import upload_folder
+
+TRAINING_TAG = "w2v-training"
 
 
 @task(name="stage-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
@@ -85,20 +88,29 @@ def pretrain_flow(
     output: str,
     config: str | None = None,
     overrides: list[str] | None = None,
+    run_name: str | None = None,
+    max_hours: float | None = None,
     num_processes: int = 1,
     accelerate_config: str | None = None,
     upload_to: str | None = None,
     storage_options: dict[str, Any] | None = None,
     loader_workers: int = 2,
+    concurrency_tag: str = TRAINING_TAG,
 ) -> dict[str, Any]:
-    """Pretrain on SHARDS into OUTPUT, evaluate, and upload the best (else the last) checkpoint.
+    """Pretrain on SHARDS into OUTPUT (or OUTPUT/RUN_NAME), evaluate, and upload the best (else the last)
+    checkpoint. A run folder with checkpoints is resumed from its newest one, over the shards as they are now.
 
-    `upload_to` defaults to OUTPUT/uploaded (a local folder); `accelerate_config` is an Accelerate config
-    file (DDP, FSDP, DeepSpeed); with `num_processes` > 1 and none given, one DDP rank per process.
+    `max_hours` bounds this run (a nightly slot); `upload_to` defaults to RUN/uploaded (a local folder);
+    `accelerate_config` is an Accelerate config file (configs/accelerate/); with `num_processes` > 1 and none
+    given, one DDP rank per process. Training runs under the task tag `concurrency_tag`: a concurrency limit
+    of 1 on it (`w2v serve` sets one) keeps one training at a time on a machine.
     """
-    run_dir = Path(output)
+    run_dir = Path(output) / run_name if run_name else Path(output)
     staged = stage(shards, run_dir / "shard-cache", storage_options)
-    train(training_command(staged, run_dir, config, overrides or [], num_processes, accelerate_config, loader_workers))
+    extra = [*(overrides or []), *([f"max_hours={max_hours}"] if max_hours is not None else [])]
+    command = training_command(staged, run_dir, config, extra, num_processes, accelerate_config, loader_workers)
+    with tags(concurrency_tag):
+        train(command)
     published = run_dir / BEST if (run_dir / BEST).is_dir() else _last_checkpoint(run_dir)
     evaluation = evaluate_best(published / "model", staged)
     destination = upload_to or str(run_dir / "uploaded" / published.name)
@@ -128,7 +140,7 @@ def training_command(
     for shard in shards:
         command += ["--shards", shard]
     if config:
-        command += ["--config", config]
+        command += ["--config", str(resolve_config_path(config))]
     for item in overrides:
         command += ["--set", item]
     return command

@@ -118,6 +118,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path, overrides: list[str] | None = None) -> TrainConfig:
+        path = resolve_config_path(path)
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
@@ -125,6 +126,21 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise W2VError(f"{path}: a training config is a mapping of sections, like `optim: {{lr: 5e-4}}`")
         return cls.from_dict(apply_overrides(values, overrides or []))
+
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file as given, else one shipped in configs/ by name or path (`base`, `configs/tiny.yaml`), so
+    deployments and scheduled runs find them whatever folder they start in."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    for candidate in (SHIPPED_CONFIGS / given.name, SHIPPED_CONFIGS / f"{given.name}.yaml"):
+        if candidate.is_file() and given.parent in (Path("."), Path("configs")):
+            return candidate
+    return given
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
