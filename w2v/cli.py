@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -23,6 +24,22 @@ app = typer.Typer(help="w2v: raw speech corpus to pretrained wav2vec 2.0.", no_a
 shards_app = typer.Typer(help="Check and describe shard folders.", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
 console = Console(stderr=True)
+
+
+@app.callback()
+def _logging(
+    log_level: Annotated[str, typer.Option(help="Messages of w2v's library code: debug, info, warning.")] = "info",
+) -> None:
+    """w2v: raw speech corpus to pretrained wav2vec 2.0."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        _fail(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    library = logging.getLogger("w2v")
+    library.handlers = [handler]
+    library.setLevel(level)
+    library.propagate = False
 
 
 def _offline_prefect_defaults() -> None:

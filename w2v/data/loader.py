@@ -8,6 +8,7 @@ on the training device (w2v.ssl.masking), where they cost least.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -20,6 +21,8 @@ from w2v.data.corpus import ShardCorpus
 from w2v.data.plan import BatchConfig
 from w2v.data.stream import BatchStream, StreamState, WorkItem
 from w2v.errors import W2VError
+
+logger = logging.getLogger("w2v.data")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,13 @@ def check_sample_rates(corpora: Sequence[ShardCorpus], config: BatchConfig) -> N
             )
 
 
+def _adopt(stream: BatchStream, state: StreamState, rank: int) -> StreamState:
+    adopted, changes = stream.adopt(state)
+    for change in changes if rank == 0 else []:
+        logger.info("%s", change)
+    return adopted
+
+
 def make_loader(
     corpora: Sequence[ShardCorpus],
     config: BatchConfig,
@@ -105,7 +115,7 @@ def make_loader(
         raise W2VError(f"loader: split must be at least 1, got {split}")
     check_sample_rates(corpora, config)
     stream = BatchStream([c.num_samples for c in corpora], config, seed, weights)
-    start = stream.initial_state() if state is None else state
+    start = stream.initial_state() if state is None else _adopt(stream, state, rank)
     pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
     workers = loader.num_workers
     return DataLoader(

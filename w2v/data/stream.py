@@ -26,6 +26,7 @@ _MASK64 = (1 << 64) - 1
 class CorpusCursor:
     epoch: int = 0
     cursor: int = 0  # micro-batches of this epoch's plan already taken
+    utterances: int | None = None  # the corpus' size the epoch was planned over (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,12 @@ class StreamState:
         return {
             "seed": self.seed,
             "position": self.position,
-            "corpora": [{"epoch": c.epoch, "cursor": c.cursor} for c in self.corpora],
+            "corpora": [{"epoch": c.epoch, "cursor": c.cursor, "utterances": c.utterances} for c in self.corpora],
         }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> StreamState:
-        corpora = tuple(CorpusCursor(int(c["epoch"]), int(c["cursor"])) for c in values["corpora"])
+        corpora = tuple(CorpusCursor(int(c["epoch"]), int(c["cursor"]), c.get("utterances")) for c in values["corpora"])
         return cls(seed=int(values["seed"]), position=int(values["position"]), corpora=corpora)
 
 
@@ -98,7 +99,25 @@ class BatchStream:
         self._plans: dict[tuple[int, int], list[np.ndarray]] = {}
 
     def initial_state(self) -> StreamState:
-        return StreamState(seed=self.seed, position=0, corpora=tuple(CorpusCursor() for _ in self.num_samples))
+        corpora = tuple(CorpusCursor(0, 0, len(n)) for n in self.num_samples)
+        return StreamState(seed=self.seed, position=0, corpora=corpora)
+
+    def adopt(self, state: StreamState) -> tuple[StreamState, list[str]]:
+        """A saved state for the corpora as they are now. A corpus that grew (or shrank) since the state was
+        saved starts a new epoch planned over all its utterances, so what was added joins at once and every
+        utterance is again seen once per epoch; the rest of the interrupted epoch is not read. Returns the
+        state and a line for each corpus that changed."""
+        self._check(state)
+        corpora, changes = [], []
+        for k, (at, lengths) in enumerate(zip(state.corpora, self.num_samples, strict=True)):
+            if at.utterances is not None and at.utterances != len(lengths):
+                changes.append(
+                    f"corpus {k}: {at.utterances} → {len(lengths)} utterances; epoch {at.epoch + 1} starts now "
+                    f"over all of them (epoch {at.epoch} stopped after {at.cursor} micro-batches)"
+                )
+                at = CorpusCursor(at.epoch + 1, 0, len(lengths))
+            corpora.append(CorpusCursor(at.epoch, at.cursor, len(lengths)))
+        return StreamState(state.seed, state.position, tuple(corpora)), changes
 
     def plan(self, corpus: int, epoch: int) -> list[np.ndarray]:
         """The epoch's micro-batches of one corpus (the last two epochs asked for are kept)."""
@@ -127,7 +146,7 @@ class BatchStream:
             epoch, cursor = epoch + 1, cursor - len(plan)
             plan = self.plan(corpus, epoch)
         corpora = list(state.corpora)
-        corpora[corpus] = CorpusCursor(epoch, cursor + 1)
+        corpora[corpus] = CorpusCursor(epoch, cursor + 1, at.utterances)
         after = StreamState(state.seed, state.position + 1, tuple(corpora))
         return WorkItem(state.position, corpus, epoch, cursor, plan[cursor], after), after
 
