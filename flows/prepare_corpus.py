@@ -6,6 +6,7 @@ plan (list sources, skip what the shards already hold) → decode chunks in work
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -21,11 +23,11 @@ from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
-from w2v.prepare.process import Chunk
+from w2v.prepare.process import Chunk, part_is_complete
 from w2v.prepare.report import corpus_report_markdown, run_summary
 from w2v.shards.manifest import Manifest
 
-# Staging parts make every task idempotent, so Prefect's own result cache would only add hashing cost.
+# Staging parts make every task idempotent; decode-chunk also shows up as Cached in Prefect when its part is there.
 
 
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
@@ -47,10 +49,22 @@ def plan(
     return run_plan
 
 
+def staged_chunk_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cached by its inputs' fingerprints: the chunk key hashes every file's URI, size, modification time and
+    metadata row, and the decode config; the staging folder (path and inode) ties it to this output folder.
+    decode_all re-runs a chunk whose cached part has since gone."""
+    chunk: Chunk = parameters["chunk"]
+    staging = Path(parameters["staging"]).resolve()
+    inode = staging.stat().st_ino if staging.exists() else 0
+    where = hashlib.sha256(f"{staging}:{inode}".encode()).hexdigest()[:16]
+    return f"decode-{chunk.key}-{where}"
+
+
 @task(
     name="decode-chunk",
     task_run_name="decode-chunk-{chunk.key}",
-    cache_policy=NO_CACHE,
+    cache_key_fn=staged_chunk_key,
+    persist_result=True,
     retries=2,
     retry_delay_seconds=10,
 )
@@ -125,3 +139,10 @@ def decode_all(
         ]
         for future in futures:
             future.result()
+        # A cache hit whose staged part is gone (the folder was cleaned): decode those chunks again.
+        stale = [c for c in run_plan.chunks_largest_first if not part_is_complete(run_plan.staging, c.key)]
+        if stale:
+            get_run_logger().warning("%d cached chunks lost their staged parts: decoding them again", len(stale))
+            again = decode_chunk.with_options(refresh_cache=True)
+            for future in [runner.submit(again, {"chunk": c, **parameters}) for c in stale]:  # type: ignore[arg-type]
+                future.result()

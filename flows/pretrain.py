@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from w2v.data.mixture import parse_shards_arg
 from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
+from w2v.shards.manifest import write_text_atomic
 from w2v.train.checkpoint import BEST, complete_checkpoints
 from w2v.train.config import resolve_config_path
 from w2v.train.evaluate import evaluate_checkpoint
@@ -28,6 +29,7 @@ from w2v.train.report import training_report_markdown
 from w2v.upload import upload_folder
 
 TRAINING_TAG = "w2v-training"
+REPORT = "report.md"
 
 
 @task(name="stage-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
@@ -74,12 +76,13 @@ def upload(checkpoint: Path, url: str, storage_options: dict[str, Any] | None) -
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(run_dir: Path, extra: dict[str, Any]) -> None:
-    create_markdown_artifact(
-        key="pretraining-report",
-        markdown=training_report_markdown(read_metrics(run_dir), str(run_dir), extra),
-        description=f"pretrain into {run_dir}",
-    )
+def publish_report(run_dir: Path, extra: dict[str, Any]) -> Path:
+    """The training report as a flow-run artifact, and as RUN/report.md (outlives an ephemeral API)."""
+    markdown = training_report_markdown(read_metrics(run_dir), str(run_dir), extra)
+    create_markdown_artifact(key="pretraining-report", markdown=markdown, description=f"pretrain into {run_dir}")
+    path = run_dir / REPORT
+    write_text_atomic(path, markdown)
+    return path
 
 
 @flow(name="pretrain", log_prints=True)
@@ -115,8 +118,15 @@ def pretrain_flow(
     evaluation = evaluate_best(published / "model", staged)
     destination = upload_to or str(run_dir / "uploaded" / published.name)
     uploaded = upload(published, destination, storage_options)
-    publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})
-    return {"checkpoint": str(published), "evaluation": evaluation, "upload": uploaded}
+    report = publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})
+    return {
+        "run": str(run_dir),
+        "checkpoint": str(published),
+        "evaluation": evaluation,
+        "upload": uploaded,
+        "report": str(report),
+        "tensorboard": str(run_dir / "tensorboard"),
+    }
 
 
 def training_command(

@@ -303,6 +303,50 @@ def pretrain(
 
 
 @app.command()
+def pipeline(
+    shards: Annotated[list[str], typer.Option(help="Shard folder or URL, optionally :WEIGHT (repeatable).")],
+    output: Annotated[Path, typer.Option(help="Runs folder (with --run-name) or the run folder itself.")],
+    config: Annotated[str | None, typer.Option(help="Training config: a YAML file, or tiny / base.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="The run's folder under --output.")] = None,
+    max_hours: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many hours.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value (repeatable).")] = None,
+    upload_to: Annotated[str | None, typer.Option(help="Where the best checkpoint goes (default RUN/uploaded).")] = (
+        None
+    ),
+    num_processes: Annotated[int, typer.Option(help="Training processes (DDP ranks).")] = 1,
+    accelerate_config: Annotated[
+        str | None, typer.Option(help="An Accelerate config file (configs/accelerate/).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+) -> None:
+    """The pretrain flow, as the nightly deployment runs it: stage → train → evaluate → upload → report."""
+    _offline_prefect_defaults()
+    from flows.pretrain import pretrain_flow
+
+    try:
+        result = pretrain_flow(
+            shards=shards,
+            output=str(output),
+            config=config,
+            overrides=list(set_ or []),
+            run_name=run_name,
+            max_hours=max_hours,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config,
+            upload_to=upload_to,
+            loader_workers=workers,
+        )
+    except W2VError as error:
+        _fail(str(error))
+    console.print(f"[green]{result['run']}[/]: best checkpoint {result['checkpoint']}")
+    for name in ("evaluation", "upload"):
+        console.print(f"{name}: {json.dumps(result[name])}", soft_wrap=True)
+    console.print(
+        f"report: {result['report']}; TensorBoard: tensorboard --logdir {result['tensorboard']}", soft_wrap=True
+    )
+
+
+@app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder (RUN/best, RUN/checkpoints/step-…).")],
     shards: Annotated[list[str], typer.Option(help="The shard folders (or URLs) the run trained on.")],
