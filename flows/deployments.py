@@ -46,12 +46,17 @@ class DeploymentSpec:
     concurrency_limit: int | None = None
 
 
-def default_variables() -> dict[str, str]:
-    return {
-        "W2V_DATA": str(Path("w2v-data").resolve()),
+def default_variables(environment: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables prefect.yaml uses: the environment's, else these defaults."""
+    environment = os.environ if environment is None else environment
+    data = environment.get("W2V_DATA") or str(Path("w2v-data").resolve())
+    defaults = {
+        "W2V_DATA": data,
         "W2V_TIMEZONE": "UTC",
+        "W2V_UPLOAD_TO": f"{data}/bucket/nightly",
         "W2V_PROJECT_DIR": str(PROJECT_DIR),
     }
+    return {**defaults, **environment}
 
 
 def render(value: Any, variables: Mapping[str, str]) -> Any:
@@ -74,7 +79,7 @@ def render(value: Any, variables: Mapping[str, str]) -> Any:
 
 def read_specs(path: Path = PREFECT_YAML, variables: Mapping[str, str] | None = None) -> list[DeploymentSpec]:
     """The deployments of a prefect.yaml, templates filled from `variables` (default: environment over defaults)."""
-    variables = {**default_variables(), **os.environ} if variables is None else variables
+    variables = default_variables() if variables is None else variables
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:

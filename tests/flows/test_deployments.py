@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from flows.deployments import read_specs, render
+from flows.deployments import default_variables, read_specs, render
 from flows.local_server import LocalServer, local_prefect_server
 from tests.corpus import speak
 from tests.servers import free_port
@@ -32,14 +32,15 @@ SENTENCES = (
 
 
 def test_prefect_yaml_declares_the_deployments_with_their_templates_filled() -> None:
-    specs = {s.name: s for s in read_specs(variables={"W2V_DATA": "/data", "W2V_TIMEZONE": "Europe/Paris",
-                                                      "W2V_PROJECT_DIR": "/src"})}  # fmt: skip
+    variables = default_variables({"W2V_DATA": "/data", "W2V_TIMEZONE": "Europe/Paris"})
+    specs = {s.name: s for s in read_specs(variables=variables)}
     assert set(specs) == {"default", "nightly"}
     prepare, nightly = specs["default"], specs["nightly"]
     assert prepare.entrypoint == "flows/prepare_corpus.py:prepare_corpus"
     assert prepare.parameters == {"sources": ["/data/raw"], "out": "/data/shards"}
     assert nightly.schedules[0].cron == "0 2 * * *" and nightly.schedules[0].timezone == "Europe/Paris"
     assert nightly.parameters["shards"] == ["/data/shards"] and nightly.parameters["run_name"] == "nightly"
+    assert nightly.parameters["upload_to"] == "/data/bucket/nightly"
     assert nightly.concurrency_limit == 1
     with pytest.raises(W2VError, match=r"\{\{ \$W2V_DATA \}\} is not set; export W2V_DATA"):
         render("{{ $W2V_DATA }}/raw", {})
