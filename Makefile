@@ -3,9 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the tests and the demo use: speech synthesis, and ffmpeg as an independent decoder.
-APT_PACKAGES := espeak-ng sox ffmpeg
-APT_COMMANDS := espeak-ng sox ffmpeg
+# Debian packages the tests and the demo use: speech synthesis, ffmpeg as an independent decoder, and
+# chromium for the Prefect UI test (driven by Playwright; Playwright's own browser downloads are not used).
+APT_PACKAGES := espeak-ng sox ffmpeg chromium
+APT_COMMANDS := espeak-ng sox ffmpeg chromium
 
 .PHONY: venv lock system-deps test lint unit demo bench clean
 

@@ -30,10 +30,11 @@ class LocalServer:
         return {"PREFECT_API_URL": self.api_url}
 
 
-def server_environment(home: Path) -> dict[str, str]:
+def server_environment(home: Path, api_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "PREFECT_HOME": str(home),
+        "PREFECT_UI_API_URL": api_url,  # where the UI in the browser calls (default: port 4200)
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_UI_ENABLED": "true",
@@ -50,11 +51,15 @@ def local_prefect_server(
     prefect = Path(sys.executable).parent / "prefect"
     # With its services: the scheduler is what turns the nightly cron into flow runs.
     command = [str(prefect), "server", "start", "--host", host, "--port", str(port)]
+    base = f"http://{host}:{port}"
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=server_environment(home), start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=server_environment(home, f"{base}/api"),
+            start_new_session=True,
         )
-    base = f"http://{host}:{port}"
     server = LocalServer(f"{base}/api", base, process.pid, log)
     try:
         _wait_healthy(server, process, start_timeout)

@@ -1,5 +1,6 @@
-"""The deployments as a user runs them: a real `prefect server start`, `w2v serve` in the background, and
-`prefect deployment run … --watch` for prepare-corpus/default and then pretrain/nightly."""
+"""The deployments as a user runs them: a real `prefect server start`, `w2v serve` in the background,
+`prefect deployment run … --watch` for prepare-corpus/default and then pretrain/nightly, and the training
+report found in the Prefect UI by headless Chromium."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from flows.deployments import default_variables, read_specs, render
 from flows.local_server import LocalServer, local_prefect_server
 from tests.corpus import speak
+from tests.flows.ui import artifact_text_from_flow_run_page
 from tests.servers import free_port
 from w2v.errors import W2VError
 
@@ -73,6 +75,9 @@ def test_served_deployments_prepare_then_pretrain_and_report_through_the_api(tmp
         training_report = _artifact(server, "pretraining-report", trained["id"])
         assert "utterances" in corpus_report
         assert "# Pretraining report" in training_report and "val loss" in training_report
+        # What a person sees: the flow run's page in the UI, its Artifacts tab, the training report.
+        seen = artifact_text_from_flow_run_page(server.ui_url, trained["id"], "pretraining-report", tmp_path / "ui.png")
+        assert "Pretraining report" in seen and "val loss" in seen, seen[-2000:]
         nightly = _get(server, "/deployments/name/pretrain/nightly")
         (schedule,) = nightly["schedules"]
         assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
