@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
@@ -102,8 +103,13 @@ def prepare_corpus(
     measure_quality: bool = True,
     vad: str = "energy",
     quality: QualityThresholds | None = None,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Prepare shards from SOURCES (folders, globs, list files, s3:// prefixes) into OUT."""
+    """Prepare shards from SOURCES (folders, globs, list files, s3:// prefixes) into OUT.
+
+    Chunks are decoded by `workers` threads here (each with a child process), or, with `dask_address`
+    (tcp://host:8786), by the workers of that Dask cluster, which must see SOURCES and OUT at the same paths.
+    """
     started = utc_now()
     config = PrepareConfig(
         sample_rate=sample_rate,
@@ -119,23 +125,34 @@ def prepare_corpus(
     out_dir = Path(out)
     with exclusive_writer(out_dir):
         run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage_options)
-        decode_all(run_plan, config, workers, storage_options)
+        decode_all(run_plan, config, workers, storage_options, dask_address)
         manifest = commit(run_plan, config, started)
     publish_report(manifest, out_dir)
     return run_summary(manifest)
 
 
 def decode_all(
-    run_plan: RunPlan, config: PrepareConfig, workers: int | None, storage_options: dict[str, Any] | None
+    run_plan: RunPlan,
+    config: PrepareConfig,
+    workers: int | None,
+    storage_options: dict[str, Any] | None,
+    dask_address: str | None = None,
 ) -> None:
-    """Submit one decode-chunk task per chunk, `workers` at a time; each waits on a child process of its own."""
-    runner: ThreadPoolTaskRunner[Any]
-    with ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1) as runner:
+    """Submit one decode-chunk task per chunk, `workers` at a time (each waits on a child process of its
+    own), or to a Dask cluster's workers."""
+    runner: Any
+    if dask_address:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as error:
+            raise W2VError("--dask-address needs the dask extra: pip install 'w2v[dask]'") from error
+        runner = DaskTaskRunner(address=dask_address)
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
+    with runner:
         parameters = {"config": config, "staging": run_plan.staging, "storage_options": storage_options}
-        # Prefect's overloads of submit() do not admit a sync task: hence the ignore.
         futures: list[PrefectFuture[Path]] = [
-            runner.submit(decode_chunk, {"chunk": chunk, **parameters})  # type: ignore[arg-type]
-            for chunk in run_plan.chunks_largest_first
+            runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first
         ]
         for future in futures:
             future.result()
@@ -144,5 +161,5 @@ def decode_all(
         if stale:
             get_run_logger().warning("%d cached chunks lost their staged parts: decoding them again", len(stale))
             again = decode_chunk.with_options(refresh_cache=True)
-            for future in [runner.submit(again, {"chunk": c, **parameters}) for c in stale]:  # type: ignore[arg-type]
+            for future in [runner.submit(again, {"chunk": c, **parameters}) for c in stale]:
                 future.result()

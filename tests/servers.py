@@ -62,3 +62,41 @@ def moto_s3_server(start_timeout_seconds: float = 30.0, port: int | None = None)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+_DASK_CLUSTER = """
+import sys, time
+from distributed import LocalCluster
+cluster = LocalCluster(n_workers=int(sys.argv[1]), threads_per_worker=1, processes=True, host="127.0.0.1",
+                       dashboard_address=None)
+print(cluster.scheduler_address, flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+@contextmanager
+def dask_cluster(workers: int = 2, start_timeout_seconds: float = 60.0) -> Iterator[str]:
+    """A local Dask cluster of `workers` non-daemonic worker processes (as w2v needs them) in a child process
+    group; yields the scheduler's tcp:// address and kills the group on exit."""
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _DASK_CLUSTER, str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + start_timeout_seconds
+        address = ""
+        while not address.startswith("tcp://"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the local Dask cluster did not start")
+            address = process.stdout.readline().strip()
+        yield address
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -73,6 +73,9 @@ def prepare(
     min_snr_db: Annotated[str, typer.Option(help="Reject pieces with a lower SNR estimate; 'off'.")] = "3",
     min_speech_share: Annotated[str, typer.Option(help="Reject pieces with less speech; 'off'.")] = "0.1",
     max_dc_offset: Annotated[str, typer.Option(help="Reject pieces with a larger |DC offset|; 'off'.")] = "0.1",
+    dask_address: Annotated[
+        str | None, typer.Option(help="Decode on an existing Dask cluster (tcp://host:8786) instead of here.")
+    ] = None,
 ) -> None:
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
     _offline_prefect_defaults()
@@ -101,6 +104,7 @@ def prepare(
             measure_quality=measure,
             vad=vad,
             quality=thresholds,
+            dask_address=dask_address,
         )
     except W2VError as error:
         _fail(str(error))

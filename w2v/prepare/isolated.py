@@ -122,6 +122,11 @@ def run_in_child(function: Callable[..., T], args: tuple[Any, ...], what: str) -
     one. Keeping one child per thread saves starting a process per chunk.
     """
     worker: _Worker | None = getattr(_local, "worker", None)
+    if worker is None and multiprocessing.current_process().daemon:
+        raise W2VError(
+            f"{what}: this process is daemonic and may not start the decoder's child process; on a Dask "
+            "cluster start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False"
+        )
     if worker is None or not worker.alive:
         worker = _local.worker = _Worker()
     try:
