@@ -76,7 +76,9 @@ def test_served_deployments_prepare_then_pretrain_and_report_through_the_api(tmp
         assert "utterances" in corpus_report
         assert "# Pretraining report" in training_report and "val loss" in training_report
         # What a person sees: the flow run's page in the UI, its Artifacts tab, the training report.
-        seen = artifact_text_from_flow_run_page(server.ui_url, trained["id"], "pretraining-report", tmp_path / "ui.png")
+        seen = artifact_text_from_flow_run_page(
+            server.ui_url, trained["id"], "pretraining-report", "Pretraining report", tmp_path / "ui.png"
+        )
         assert "Pretraining report" in seen and "val loss" in seen, seen[-2000:]
         nightly = _get(server, "/deployments/name/pretrain/nightly")
         (schedule,) = nightly["schedules"]

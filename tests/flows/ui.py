@@ -17,9 +17,10 @@ def chromium_path() -> str:
     return found
 
 
-def artifact_text_from_flow_run_page(ui_url: str, flow_run_id: str, key: str, screenshot: Path) -> str:
-    """Open the flow run's page, its Artifacts tab, then the artifact `key`; return the page's visible text.
-    A screenshot of the last page is left at `screenshot` (for a person reading a failure)."""
+def artifact_text_from_flow_run_page(ui_url: str, flow_run_id: str, key: str, expect: str, screenshot: Path) -> str:
+    """Open the flow run's page, its Artifacts tab, then the artifact `key`; wait until `expect` is shown and
+    return the page's visible text. A screenshot of the last page is left at `screenshot` (for a person
+    reading a failure)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:
@@ -29,8 +30,10 @@ def artifact_text_from_flow_run_page(ui_url: str, flow_run_id: str, key: str, sc
             page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
             page.get_by_text(key, exact=True).first.click()
             page.wait_for_url(f"{ui_url}/artifacts/artifact/**")
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(screenshot), full_page=True)
+            try:
+                page.get_by_text(expect).first.wait_for(state="visible")  # the markdown renders after the page
+            finally:
+                page.screenshot(path=str(screenshot), full_page=True)
             return page.inner_text("body")
         finally:
             browser.close()

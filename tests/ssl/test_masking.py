@@ -16,7 +16,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
     _sample_negative_indices,
 )
 
-from w2v.ssl.masking import feature_lengths, sample_negatives, span_mask
+from w2v.ssl.masking import dense_negatives, feature_lengths, sample_negatives, span_mask
 
 FRAMES = 400
 LENGTHS = torch.tensor([400, 390, 310, 250, 200, 120, 60, 30])
@@ -99,7 +99,7 @@ def _candidates(seed: int = 0) -> torch.Tensor:
 
 def test_negatives_are_never_the_positive_and_stay_in_their_row() -> None:
     candidates = _candidates()
-    negatives = sample_negatives(candidates, 100, torch.Generator().manual_seed(1))
+    negatives = dense_negatives(candidates, sample_negatives(candidates, 100, torch.Generator().manual_seed(1)))
     batch, frames = candidates.shape
     for row in range(batch):
         allowed = set((torch.nonzero(candidates[row]).flatten() + row * frames).tolist())
@@ -116,7 +116,8 @@ def test_negatives_are_uniform_over_the_other_candidates_like_transformers() -> 
     row = 0
     steps = torch.nonzero(candidates[row]).flatten()
     step = int(steps[len(steps) // 2])
-    ours = sample_negatives(candidates, 20_000, torch.Generator().manual_seed(2))[row, step].numpy()
+    compact = sample_negatives(candidates, 20_000, torch.Generator().manual_seed(2))
+    ours = dense_negatives(candidates, compact)[row, step].numpy()
     np.random.seed(2)
     theirs = np.concatenate(
         [_sample_negative_indices(tuple(candidates.shape), 100, candidates.numpy())[row, step] for _ in range(200)]
@@ -135,9 +136,49 @@ def test_a_row_with_one_candidate_points_at_itself() -> None:
     candidates = torch.zeros((2, 10), dtype=torch.bool)
     candidates[0, 3] = True
     candidates[1, [2, 5]] = True
-    negatives = sample_negatives(candidates, 4)
+    negatives = dense_negatives(candidates, sample_negatives(candidates, 4))
     assert (negatives[0, 3] == 3).all()
     assert set(negatives[1, 2].tolist()) == {15} and set(negatives[1, 5].tolist()) == {12}
+
+
+def test_compact_negatives_follow_the_candidates_in_row_major_order() -> None:
+    candidates = _candidates()
+    compact = sample_negatives(candidates, 7, torch.Generator().manual_seed(3))
+    rows, steps = candidates.nonzero(as_tuple=True)
+    frames = candidates.shape[1]
+    assert compact.shape == (len(rows), 7) and compact.dtype == torch.int32
+    assert (torch.div(compact, frames, rounding_mode="floor") == rows[:, None]).all()
+    assert (compact != (rows * frames + steps)[:, None]).all()
+    assert torch.equal(dense_negatives(candidates, compact)[rows, steps], compact)
+
+
+def test_the_same_seed_gives_the_same_masks_and_negatives() -> None:
+    def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        mask = span_mask(LENGTHS, FRAMES, 0.65, 10, 2, generator)
+        return mask, sample_negatives(mask, 100, generator)
+
+    (mask, negatives), (mask_again, negatives_again), (other_mask, _) = draw(5), draw(5), draw(6)
+    assert torch.equal(mask, mask_again) and torch.equal(negatives, negatives_again)
+    assert not torch.equal(mask, other_mask)
+
+
+def test_draws_of_different_candidates_are_independent() -> None:
+    # Several draws are cut from each random number (for 749 frames, 4 of them, going to 4 of these 12
+    # candidates): every pair of candidates' draws must look independent and uniform.
+    candidates = torch.zeros((1, 749), dtype=torch.bool)
+    candidates[0, : 12 * 60 : 60] = True
+    negatives = sample_negatives(candidates, 20_000, torch.Generator().manual_seed(4)).long()
+    ranks = torch.div(negatives, 60, rounding_mode="floor")  # each candidate's rank among the 12
+    cells = 11 * 11
+    for a in range(12):
+        for b in range(a + 1, 12):
+            # Rank among the other 11: skip the candidate's own rank.
+            first, second = ranks[a] - (ranks[a] > a).long(), ranks[b] - (ranks[b] > b).long()
+            counts = torch.bincount(first * 11 + second, minlength=cells).double()
+            expected = negatives.shape[1] / cells
+            chi_square = float(((counts - expected) ** 2 / expected).sum())
+            assert chi_square < cells - 1 + 6 * np.sqrt(2 * (cells - 1)), (a, b, chi_square)
 
 
 def test_feature_lengths_match_the_model() -> None:

@@ -2,14 +2,22 @@
 
 The semantics are transformers' `_compute_mask_indices` and `_sample_negative_indices` (the ones its
 pretraining example's collator calls on the CPU, in numpy, utterance by utterance), with padding respected
-strictly: a padded step is never masked and never a negative.
+strictly: a padded step is never masked and never a negative. Negatives come compactly, one row per masked
+step; `dense_negatives` spreads them into transformers' (batch, frames, negatives) layout.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+# Negatives are cut from 53-bit uniforms several at a time (see `sample_negatives`), as many as keep a
+# group's bias under 2^-12.
+_UNIFORM_BITS = 53
+_BIAS_BITS = 12
 
 
 def feature_lengths(num_samples: torch.Tensor, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> torch.Tensor:
@@ -39,67 +47,125 @@ def span_mask(
     if mask_length > num_frames:
         raise ValueError(f"mask_length {mask_length} is longer than the batch's {num_frames} frames")
     device = frame_lengths.device
-    lengths = frame_lengths.to(torch.int64).clamp(max=num_frames)
-    batch = lengths.shape[0]
-    epsilon = torch.rand((), generator=generator, device=device)
-    spans = (mask_prob * lengths / mask_length + epsilon).floor().to(torch.int64).clamp(min=min_masks)
-    spans = spans.clamp(max=num_frames // mask_length)
-    starts_available = (lengths - (mask_length - 1)).clamp(min=0)
-    spans = torch.minimum(spans, starts_available)
-    most = int(spans.max()) if batch else 0
-    mask = torch.zeros((batch, num_frames), dtype=torch.bool, device=device)
+    batch = frame_lengths.shape[0]
+    # A few numbers per row: worked out on the host, in float64 like transformers.
+    lengths = [min(max(int(length), 0), num_frames) for length in frame_lengths.tolist()]
+    epsilon = float(torch.rand((), generator=generator, device=device))
+    available = [max(length - mask_length + 1, 0) for length in lengths]  # starts whose span fits the row
+    spans = [
+        min(max(int(mask_prob * length / mask_length + epsilon), min_masks), num_frames // mask_length, starts)
+        for length, starts in zip(lengths, available, strict=True)
+    ]
+    most = max(spans, default=0)
     if most == 0:
-        return mask
-    # The `spans` smallest of uniform keys over the valid starts: a uniform draw without replacement.
-    keys = torch.rand((batch, num_frames), generator=generator, device=device)
-    steps = torch.arange(num_frames, device=device)
-    keys = keys.masked_fill(steps[None, :] >= starts_available[:, None], 2.0)
-    chosen = torch.topk(keys, most, dim=1, largest=False).indices
-    taken = torch.arange(most, device=device)[None, :] < spans[:, None]
-    starts = torch.zeros((batch, num_frames), dtype=torch.int32, device=device)
-    starts.scatter_add_(1, chosen, taken.to(torch.int32))
-    # A step is masked when a span started within the last mask_length steps.
-    started = torch.cumsum(starts, dim=1)
-    before = torch.nn.functional.pad(started, (mask_length, 0))[:, :num_frames]
-    mask = (started - before) > 0
-    return mask
+        return torch.zeros((batch, num_frames), dtype=torch.bool, device=device)
+    # The `spans` largest of random keys over a row's valid starts: a uniform draw without replacement.
+    # Keys are 31-bit integers (int topk is faster than float here); a start past the row's end gets -1.
+    width = max(available)
+    keys = torch.empty((batch, width), dtype=torch.int32, device=device).random_(generator=generator)
+    if min(available) < width:
+        too_late = torch.arange(width, device=device) >= torch.tensor(available, device=device)[:, None]
+        keys.masked_fill_(too_late, -1)
+    uneven = min(spans) < most  # then a row keeps its first `spans` keys, so they must come sorted
+    starts = torch.topk(keys, most, dim=1, sorted=uneven).indices
+    # Each span's steps as flat positions in the batch: row · num_frames + start + (0 … mask_length - 1).
+    row_steps = torch.arange(batch * num_frames, device=device).view(batch, 1, num_frames)
+    steps = starts[:, :, None] + row_steps[:, :, :mask_length]
+    spare = batch * num_frames  # spans a row does not use mark a spare element past the batch
+    if uneven:
+        unused = torch.arange(most, device=device) >= torch.tensor(spans, device=device)[:, None]
+        steps.masked_fill_(unused[:, :, None], spare)
+    flat = torch.zeros(spare + 1, dtype=torch.bool, device=device)
+    flat.index_fill_(0, steps.view(-1), True)
+    return flat[:spare].view(batch, num_frames)
 
 
 def sample_negatives(
     candidates: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(batch, frames, num_negatives) int32 indices into the batch's flattened frames, as `_sample_negative_indices`.
+    """(candidate steps, num_negatives) int32 indices into the batch's flattened frames, as `_sample_negative_indices`.
 
-    For every candidate step (True in `candidates`, e.g. the masked steps), `num_negatives` draws, uniform and
-    with replacement, among the other candidate steps of the same row, never the step itself. Non-candidate
-    steps get index row·frames (as transformers does; the loss ignores them). A row with fewer than two
-    candidates has no valid negative: its candidates point at themselves, which the model's loss excludes.
-    int32 like transformers' helper (the model casts to int64 as it gathers): int64 arithmetic is several
-    times slower on CPUs, and random numbers are drawn only for candidate steps.
+    Row m belongs to the m-th candidate step (True in `candidates`, e.g. the masked steps) in row-major order,
+    the order of `candidates.nonzero()`. It holds `num_negatives` draws, uniform and with replacement, among
+    the other candidate steps of the same row, never the step itself. A row with fewer than two candidates
+    has no valid negative: its candidates point at themselves, which the model's loss excludes.
+    `dense_negatives` gives transformers' (batch, frames, num_negatives) layout. int32 like transformers'
+    helper: int64 arithmetic is several times slower on CPUs.
+
+    Random numbers are most of the cost, so each 53-bit uniform gives d draws (its digits in the bases of
+    the choices; d = 4 for rows of 749 frames): a group of draws among n₁ … n_d candidates is within
+    n₁·…·n_d / 2^53 ≤ 2^-12 (0.024%) of uniform and independent, d chosen from `frames` to keep that bound.
     """
     batch, frames = candidates.shape
     device = candidates.device
     candidates = candidates.to(torch.bool)
-    steps = candidates.reshape(-1).nonzero().squeeze(1)  # flat positions of the candidates, row by row
-    counts = candidates.sum(dim=1, dtype=torch.int32)
-    starts = torch.cumsum(counts, 0, dtype=torch.int32) - counts
-    rows = torch.div(steps, frames, rounding_mode="floor")
-    ranks = (torch.cumsum(candidates, dim=1, dtype=torch.int32) - 1).reshape(-1)[steps]
-    count = counts[rows]
-    # Each row's candidate positions listed twice: the draw s in [0, n-2] taken at rank + 1 + s walks past
-    # the step itself without wrapping or comparing, uniform over the n - 1 others.
-    twice = torch.empty(2 * steps.numel(), dtype=torch.int32, device=device)
-    first = 2 * starts[rows] + ranks
-    twice[first] = steps.to(torch.int32)
-    twice[first + count] = steps.to(torch.int32)
-    others = (count - 1).clamp(min=1).to(torch.float32)
-    draws = torch.rand((steps.numel(), num_negatives), generator=generator, device=device)
-    picked = (draws * others[:, None]).to(torch.int32)
-    lonely = count < 2
-    base = torch.where(lonely, first, first + 1)  # a lonely step's only "other" is itself
-    picked += base[:, None]
-    negatives = twice.index_select(0, picked.reshape(-1)).reshape(-1, num_negatives)
-    offsets = torch.arange(batch, dtype=torch.int32, device=device) * frames
-    out = offsets.repeat_interleave(frames)[:, None].expand(batch * frames, num_negatives).contiguous()
-    out.index_copy_(0, steps, negatives)
-    return out.reshape(batch, frames, num_negatives)
+    counts = candidates.sum(dim=1).tolist()
+    total = sum(counts)
+    if total == 0 or num_negatives == 0:
+        return torch.zeros((total, num_negatives), dtype=torch.int32, device=device)
+    # Each row's candidate positions listed twice, row after row. The m-th candidate, in a row of n whose
+    # first is the batch's `first`-th, is listed at m + first; the draw s in [0, n - 2] read at
+    # m + first + 1 + s walks past it, uniform over the n - 1 others, without wrapping or comparing.
+    positions = torch.arange(batch * frames, dtype=torch.int32, device=device).view(batch, 1, frames)
+    doubled = candidates.view(batch, 1, frames).expand(batch, 2, frames)
+    twice = positions.expand(batch, 2, frames).masked_select(doubled)
+    firsts = list(itertools.accumulate(counts, initial=0))[:-1]
+    shifts, others = [], []
+    for first, count in zip(firsts, counts, strict=True):
+        shifts.append(first + (count > 1))  # a lonely candidate's only "other" is itself: read at m + first
+        others.append(max(count - 1, 1))
+    read_at = np.repeat(np.array(shifts, dtype=np.int32), counts)
+    read_at += np.arange(total, dtype=np.int32)
+    # Several draws from each uniform u: the integer part of u·n is a draw, its fraction the next u. Digit d
+    # of the uniforms serves the d-th block of candidates, so that each digit fills a contiguous block.
+    per_uniform = _draws_per_uniform(frames)
+    block = -(-total // per_uniform)
+    multipliers = np.ones(per_uniform * block)
+    multipliers[:total] = np.repeat(others, counts)
+    multiplier = torch.from_numpy(multipliers).to(device)[:, None]
+    uniforms = _uniform_float64((block, num_negatives), generator, device)
+    draws = torch.empty((per_uniform * block, num_negatives), dtype=torch.int32, device=device)
+    for digit in range(per_uniform):
+        rows = slice(digit * block, (digit + 1) * block)
+        uniforms.mul_(multiplier[rows])  # rounds below n: u ≤ 1 - 2^-53
+        draws[rows] = uniforms  # truncates to the integer part
+        if digit + 1 < per_uniform:
+            uniforms.frac_()
+    read = draws[:total]
+    read += torch.from_numpy(read_at).to(device)[:, None]
+    return twice.index_select(0, read.view(-1)).view(total, num_negatives)
+
+
+def dense_negatives(candidates: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """`sample_negatives`' rows spread into transformers' (batch, frames, num_negatives) int32 layout.
+
+    Steps that are not candidates get index row·frames, as transformers gives them (the loss ignores them).
+    """
+    batch, frames = candidates.shape
+    count = negatives.shape[1]
+    offsets = torch.arange(0, batch * frames, frames, dtype=torch.int32, device=negatives.device)
+    dense = offsets.view(batch, 1, 1).expand(batch, frames, count).contiguous()
+    steps = candidates.reshape(-1).nonzero().view(-1)
+    dense.view(batch * frames, count).index_copy_(0, steps, negatives.to(torch.int32))
+    return dense
+
+
+def _draws_per_uniform(frames: int) -> int:
+    """How many draws among at most `frames` - 1 values to cut from one 53-bit uniform (at most 8).
+
+    As many as keep their product of choices n₁·…·n_d under 2^41, so that each group of draws is within
+    2^41 / 2^53 = 2^-12 of uniform.
+    """
+    return max(1, min(8, (_UNIFORM_BITS - _BIAS_BITS) // max(frames - 1, 1).bit_length()))
+
+
+def _uniform_float64(shape: tuple[int, int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Uniform float64 in [0, 1) with 53 random bits, drawn from `generator` (the same state, the same numbers).
+
+    On a CPU, numpy's SFC64 seeded from `generator` draws them: torch's CPU generator (mt19937) takes about
+    twice as long per number (4.2 against 2.1 ns here), and these draws are most of the negatives' cost.
+    """
+    if device.type != "cpu":
+        return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+    return torch.from_numpy(np.random.Generator(np.random.SFC64(seed)).random(shape))

@@ -14,14 +14,21 @@ from typing import Any
 import torch
 from transformers import Wav2Vec2Config
 
-from w2v.ssl.masking import feature_lengths, sample_negatives, span_mask
+from w2v.ssl.masking import dense_negatives, feature_lengths, sample_negatives, span_mask
 
 
 @dataclass(frozen=True)
 class PretrainingTargets:
     mask_time_indices: torch.Tensor  # (rows, frames) bool
-    sampled_negative_indices: torch.Tensor  # (rows, frames, num_negatives) int32
+    # (masked frames, num_negatives) int32 indices into the batch's flattened frames, one row per masked
+    # frame in row-major order (the order of mask_time_indices.nonzero())
+    negative_indices: torch.Tensor
     frame_lengths: torch.Tensor  # (rows,) frames of audio in each row
+
+    @property
+    def sampled_negative_indices(self) -> torch.Tensor:
+        """The negatives in the (rows, frames, num_negatives) layout Wav2Vec2ForPreTraining takes (built on call)."""
+        return dense_negatives(self.mask_time_indices, self.negative_indices)
 
     @property
     def masked(self) -> torch.Tensor:
@@ -87,13 +94,14 @@ def pretraining_objective(outputs: Any, targets: PretrainingTargets, config: Wav
     row, step = mask.nonzero(as_tuple=True)
     # (masked frames, frames): each masked frame's context against every quantized frame of its utterance.
     scores = torch.bmm(context, unit.transpose(1, 2))[row, step] / config.contrastive_logits_temperature
-    distractors = targets.sampled_negative_indices[row, step].long() - (row * frames)[:, None]
+    distractors = targets.negative_indices.long() - (row * frames)[:, None]
     positive = scores.gather(1, step[:, None])
     negative = scores.gather(1, distractors)
     # A distractor identical to the target is no distractor (the model compares the vectors; a fixed
-    # random projection of each quantized vector compares them in one number).
+    # random projection of each quantized vector compares them in one number). Summed elementwise products,
+    # not a matrix-vector product: its blocked kernels can round two identical rows differently.
     direction = torch.randn(quantized.shape[-1], generator=torch.Generator().manual_seed(0)).to(quantized)
-    fingerprint = quantized @ direction
+    fingerprint = (quantized * direction).sum(dim=-1)
     same = fingerprint[row[:, None], distractors] == fingerprint[row, step][:, None]
     negative = negative.masked_fill(same, float("-inf"))
     logits = torch.cat([positive, negative], dim=1)
