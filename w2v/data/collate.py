@@ -37,6 +37,7 @@ class Batch:
     padded_samples: int = 0  # zeros added
     piece: int = 0  # which part of its planned micro-batch (see make_loader's split)
     pieces: int = 1
+    indices: tuple[int, ...] = ()  # the utterances of each row, in their corpus (for labels)
 
     @property
     def audio_samples(self) -> int:
@@ -83,6 +84,7 @@ def collate(corpus: ShardCorpus, indices: np.ndarray, config: BatchConfig, rng: 
         utterance_samples=int(lengths.sum()),
         cropped_samples=int((lengths - rows).sum()),
         padded_samples=int(indices.size * width - rows.sum()),
+        indices=tuple(indices.tolist()),
     )
 
 

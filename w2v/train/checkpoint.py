@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,13 @@ def feature_extractor(sample_rate: int, attention_mask: bool) -> Wav2Vec2Feature
 
 
 def save_checkpoint(
-    accelerator: Accelerator, model: Any, run_dir: Path, state: TrainerState, sample_rate: int, keep_last: int
+    accelerator: Accelerator,
+    model: Any,
+    run_dir: Path,
+    state: TrainerState,
+    sample_rate: int,
+    keep_last: int,
+    save_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint (every rank takes part in saving the Accelerate state); returns its folder."""
     folder = run_dir / CHECKPOINTS
@@ -69,6 +76,8 @@ def save_checkpoint(
     weights = accelerator.get_state_dict(model)  # every rank: FSDP gathers the shards here
     if accelerator.is_main_process:
         _save_model(accelerator.unwrap_model(model), weights, temporary / "model", sample_rate)
+        if save_extra is not None:  # e.g. a fine-tuned model's tokenizer, beside its weights
+            save_extra(temporary / "model")
         write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
         if final.exists():  # the same step saved again after a resume: the new one replaces it
             shutil.rmtree(final)
@@ -118,7 +127,14 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
     )
 
 
-def save_best(accelerator: Accelerator, model: Any, run_dir: Path, state: TrainerState, sample_rate: int) -> Path:
+def save_best(
+    accelerator: Accelerator,
+    model: Any,
+    run_dir: Path,
+    state: TrainerState,
+    sample_rate: int,
+    save_extra: Callable[[Path], None] | None = None,
+) -> Path:
     """RUN/best: the model with the lowest validation loss so far (a from_pretrained folder), replaced whole."""
     best = run_dir / BEST
     weights = accelerator.get_state_dict(model)
@@ -126,6 +142,8 @@ def save_best(accelerator: Accelerator, model: Any, run_dir: Path, state: Traine
         temporary = run_dir / f".tmp-{BEST}"
         shutil.rmtree(temporary, ignore_errors=True)
         _save_model(accelerator.unwrap_model(model), weights, temporary / "model", sample_rate)
+        if save_extra is not None:
+            save_extra(temporary / "model")
         write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
         previous = run_dir / f".old-{BEST}"
         shutil.rmtree(previous, ignore_errors=True)

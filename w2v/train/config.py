@@ -114,7 +114,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        return _build(cls, values, "")
+        return build_config(cls, values, "")
 
     @classmethod
     def from_yaml(cls, path: Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -178,7 +178,8 @@ def _coerce(annotation: str, value: Any, name: str) -> Any:
     return value
 
 
-def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
+def build_config(cls: Any, values: dict[str, Any], where: str) -> Any:
+    """A (nested) frozen config dataclass from a mapping: unknown keys named, YAML's number strings read."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -187,7 +188,7 @@ def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
     for name, value in values.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+            kwargs[name] = build_config(type(default), value, f"{where}.{name}")
         elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[name] = tuple(value)
         else:

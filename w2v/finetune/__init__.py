@@ -1,0 +1,1 @@
+"""Fine-tuning a pretrained checkpoint: CTC speech recognition, utterance classification, speaker identification."""
