@@ -351,6 +351,45 @@ def pipeline(
 
 
 @app.command()
+def finetune(
+    task: Annotated[str, typer.Option(help="ctc (speech recognition), classify (label column) or speaker.")],
+    pretrained: Annotated[Path, typer.Option(help="A pretrained model folder (RUN/best/model, …/model).")],
+    train: Annotated[list[str], typer.Option(help="Labelled shard folders to train on (repeatable).")],
+    valid: Annotated[list[str], typer.Option(help="Labelled shard folders to evaluate on (repeatable).")],
+    output: Annotated[Path, typer.Option(help="Run folder: checkpoints/, best/, metrics.jsonl.")],
+    config: Annotated[Path | None, typer.Option(help="Fine-tuning config YAML (over the task's defaults).")] = None,
+    freeze_layers: Annotated[
+        float | None, typer.Option(help="Frozen transformer layers: a share (0.33) or a count (4).")
+    ] = None,
+    head_only: Annotated[bool | None, typer.Option(help="Train only the task head.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Updates (default: the task's epochs).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: lr=3e-5 (repeatable).")] = (
+        None
+    ),
+    resume: Annotated[str, typer.Option(help="auto (newest checkpoint), never, or a checkpoint folder.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Loader worker processes.")] = 2,
+) -> None:
+    """Fine-tune a pretrained checkpoint for ASR (CTC), classification or speaker identification."""
+    from w2v.data.loader import LoaderConfig
+    from w2v.finetune.config import FinetuneConfig
+    from w2v.finetune.loop import finetune as run_finetuning
+
+    overrides = list(set_ or [])
+    for key, value in (("freeze.layers", freeze_layers), ("freeze.head_only", head_only), ("max_steps", max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        settings = FinetuneConfig.from_yaml(task, config, overrides)
+        result = run_finetuning(
+            settings, pretrained, train, valid, output, resume=resume, loader=LoaderConfig(num_workers=workers)
+        )
+    except W2VError as error:
+        _fail(str(error))
+    console.print(f"[green]{output}[/]: {result.steps} steps; best model {result.best}", soft_wrap=True)
+    print(json.dumps(result.evaluation, indent=1))
+
+
+@app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder (RUN/best, RUN/checkpoints/step-…).")],
     shards: Annotated[list[str], typer.Option(help="The shard folders (or URLs) the run trained on.")],
@@ -358,13 +397,22 @@ def evaluate(
     val_share: Annotated[
         float | None, typer.Option(help="Held-out share of recordings (default: the run's own).")
     ] = None,
+    probe: Annotated[
+        bool, typer.Option(help="Linear probes for the shards' speaker and label columns, vs a random init.")
+    ] = True,
+    probe_layer: Annotated[
+        int, typer.Option(help="Hidden state the probes read: 0 the transformer's input, k block k, -1 the last.")
+    ] = -1,
 ) -> None:
-    """Validation loss, contrastive accuracy and perplexity on the held-out recordings, as JSON."""
+    """Validation loss, contrastive accuracy and perplexity on the held-out recordings, as JSON; where the
+    shards carry speaker or label, linear probe accuracy on frozen features ("probe")."""
     from w2v.train.evaluate import evaluate_checkpoint
+    from w2v.train.probe import ProbeConfig
 
     model_dir = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint
     try:
-        result = evaluate_checkpoint(model_dir, shards, cache_dir=cache_dir, val_share=val_share)
+        probe_config = ProbeConfig(layer=probe_layer) if probe else None
+        result = evaluate_checkpoint(model_dir, shards, cache_dir=cache_dir, val_share=val_share, probe=probe_config)
     except W2VError as error:
         _fail(str(error))
     print(json.dumps(result.as_record(prefix=""), indent=1))

@@ -1,0 +1,93 @@
+"""finetune: a pretrained checkpoint + labelled shards → a fine-tuned model transformers' pipelines load.
+
+stage shards (remote ones into a local cache, checked) → fine-tune (`accelerate launch`, its log streamed
+into the flow run; a retry resumes from the newest checkpoint) → upload the best model → publish a report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, tags, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.pretrain import TRAINING_TAG, stage, train, upload
+from w2v.shards.manifest import write_text_atomic
+from w2v.train.metrics import read_metrics
+
+REPORT = "report.md"
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(run_dir: Path, task_name: str, extra: dict[str, Any]) -> Path:
+    """The last evaluation and the metrics log as a flow-run artifact, and as RUN/report.md."""
+    records = read_metrics(run_dir)
+    evaluations = [r for r in records if any(k.startswith("val_") for k in r)]
+    lines = [f"# Fine-tuning report ({task_name}): `{run_dir}`", ""]
+    if evaluations:
+        names = [k for k in evaluations[-1] if k != "step"]
+        lines += ["| step | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for record in evaluations:
+            cells = [f"{record.get(n, float('nan')):.4g}" for n in names]
+            lines.append(f"| {record['step']} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"**{key}**: {value}" for key, value in extra.items()]]
+    markdown = "\n".join(lines) + "\n"
+    create_markdown_artifact(key="finetuning-report", markdown=markdown, description=f"finetune into {run_dir}")
+    path = run_dir / REPORT
+    write_text_atomic(path, markdown)
+    return path
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(
+    task: str,
+    pretrained: str,
+    train_shards: list[str],
+    valid_shards: list[str],
+    output: str,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    upload_to: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    loader_workers: int = 2,
+    concurrency_tag: str = TRAINING_TAG,
+) -> dict[str, Any]:
+    """Fine-tune PRETRAINED for TASK (ctc, classify, speaker) on labelled shards into OUTPUT, then upload the
+    best model (to OUTPUT/uploaded unless `upload_to` is given)."""
+    run_dir = Path(output)
+    staged_train = stage(train_shards, run_dir / "shard-cache", storage_options)
+    staged_valid = stage(valid_shards, run_dir / "shard-cache", storage_options)
+    command = finetune_command(task, pretrained, staged_train, staged_valid, run_dir, config, overrides or [])
+    command += ["--workers", str(loader_workers)]
+    with tags(concurrency_tag):
+        train(command)
+    best = run_dir / "best"
+    uploaded = upload(best, upload_to or str(run_dir / "uploaded"), storage_options)
+    report = publish_report(run_dir, task, {"uploaded to": uploaded["url"]})
+    return {"run": str(run_dir), "best": str(best / "model"), "upload": uploaded, "report": str(report)}
+
+
+def finetune_command(
+    task: str,
+    pretrained: str,
+    train_shards: list[str],
+    valid_shards: list[str],
+    run_dir: Path,
+    config: str | None,
+    overrides: list[str],
+) -> list[str]:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    command += ["--dynamo_backend", "no", "--mixed_precision", "no", "-m", "w2v", "finetune", "--task", task]
+    command += ["--pretrained", pretrained, "--output", str(run_dir)]
+    for shard in train_shards:
+        command += ["--train", shard]
+    for shard in valid_shards:
+        command += ["--valid", shard]
+    if config:
+        command += ["--config", config]
+    for item in overrides:
+        command += ["--set", item]
+    return command
