@@ -87,6 +87,20 @@ class ShardCorpus:
         offsets = shard.offsets[batch]
         return shard.values[batch][offsets[row] : offsets[row + 1]]
 
+    def column(self, name: str) -> list[str | None]:
+        """Column `name` (`id`, `source`, or a metadata column: text, speaker, label) of every utterance, in
+        corpus order; None where unset or where a shard has no such column. Reads that column, never audio."""
+        by_shard: dict[int, list[list[str | None]] | None] = {}
+        values: list[str | None] = []
+        for shard, batch, row in zip(self.shard.tolist(), self.batch.tolist(), self.row.tolist(), strict=True):
+            if shard not in by_shard:
+                table = _open(self.paths[shard])
+                present = name in table.column_names
+                by_shard[shard] = [c.to_pylist() for c in table.column(name).chunks] if present else None
+            chunks = by_shard[shard]
+            values.append(None if chunks is None else chunks[batch][row])
+        return values
+
     def _shard(self, number: int) -> _OpenShard:
         if self._pid != os.getpid():  # a forked worker maps the files itself
             self._open, self._pid = {}, os.getpid()

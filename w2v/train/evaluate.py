@@ -24,6 +24,7 @@ from w2v.data.plan import BatchConfig, plan_batches
 from w2v.errors import W2VError
 from w2v.ssl.objective import pretraining_objective, pretraining_targets
 from w2v.train.config import TrainConfig
+from w2v.train.probe import ProbeComparison, ProbeConfig, hidden_state_index, probe_against_random_init
 from w2v.train.step import seed_for
 
 EVAL_SALT = 977  # keeps held-out draws apart from training's
@@ -38,9 +39,13 @@ class Evaluation:
     perplexity: float
     masked_frames: int
     batches: int
+    probes: tuple[ProbeComparison, ...] = ()  # linear probes (evaluate_checkpoint with a ProbeConfig)
 
     def as_record(self, prefix: str = "val_") -> dict[str, Any]:
-        return {f"{prefix}{name}": value for name, value in self.__dict__.items()}
+        record = {f"{prefix}{name}": value for name, value in self.__dict__.items() if name != "probes"}
+        if self.probes:
+            record[f"{prefix}probe"] = {p.trained.column: p.as_record() for p in self.probes}
+        return record
 
 
 @torch.no_grad()
@@ -116,9 +121,14 @@ def evaluate_checkpoint(
     cache_dir: Path | None = None,
     storage_options: dict[str, Any] | None = None,
     val_share: float | None = None,
+    probe: ProbeConfig | None = None,
 ) -> Evaluation:
     """Evaluate a from_pretrained folder on the held-out recordings of `shards` (the run's config, if the
-    checkpoint has one beside it, decides the split, the batches and the seed)."""
+    checkpoint has one beside it, decides the split, the batches and the seed).
+
+    With `probe`, also a linear probe for each of speaker and label the shards carry, on the checkpoint and on
+    a random initialization of it. Probes use every labelled utterance of `shards`, held out or not: they ask
+    what the frozen features encode, and split the utterances themselves."""
     from transformers import Wav2Vec2ForPreTraining
 
     from w2v.data.corpus import split_held_out
@@ -135,10 +145,18 @@ def evaluate_checkpoint(
         model = Wav2Vec2ForPreTraining.from_pretrained(model_dir)
     except OSError as error:
         raise W2VError(f"{model_dir}: not a model folder ({error}); pass CHECKPOINT/model") from error
+    if probe is not None:
+        hidden_state_index(model.config, probe.layer)  # a bad layer fails before any work
     corpora, _ = open_corpora(list(shards), cache_dir or model_dir / ".shard-cache", storage_options)
     held_out = [held for _, held in (split_held_out(c, config.val_share) for c in corpora) if held is not None]
     if not held_out:
         raise W2VError(f"no held-out recordings with val_share={config.val_share}; raise it (--val-share 0.2)")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model = accelerator.prepare(model)
-    return evaluate(accelerator, model, held_out, config.batch, config.seed, config.max_val_batches)
+    evaluation = evaluate(accelerator, model, held_out, config.batch, config.seed, config.max_val_batches)
+    if probe is None:
+        return evaluation
+    probes = probe_against_random_init(
+        accelerator.unwrap_model(model), corpora, seed=config.seed, config=probe, device=accelerator.device
+    )
+    return dataclasses.replace(evaluation, probes=probes)
