@@ -441,6 +441,43 @@ def upload(
 
 
 @app.command()
+def doctor(
+    target: Annotated[
+        Path | None, typer.Argument(help="A shard folder or a run folder; nothing: this machine.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config whose batch settings a shard folder is judged by.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Findings as JSON on stdout.")] = False,
+) -> None:
+    """Check this machine, a shard folder or a training run; say what is wrong and what to do (exit 1 if so)."""
+    from w2v.doctor.environment import diagnose_environment
+    from w2v.doctor.report import as_json as findings_json
+    from w2v.doctor.report import exit_status, print_table
+    from w2v.doctor.run import diagnose_run
+    from w2v.doctor.shards import diagnose_shards
+    from w2v.train.config import TrainConfig
+
+    try:
+        if target is None:
+            subject, findings = "this machine", diagnose_environment()
+        elif (target / "manifest.json").is_file():
+            batch = TrainConfig.from_yaml(config).batch if config else None
+            subject, findings = f"shards {target}", diagnose_shards(target, batch)
+        elif (target / "metrics.jsonl").is_file() or (target / "checkpoints").is_dir():
+            subject, findings = f"run {target}", diagnose_run(target)
+        else:
+            _fail(f"{target}: neither a shard folder (manifest.json) nor a run folder (metrics.jsonl)")
+    except W2VError as error:
+        _fail(str(error))
+    if as_json:
+        print(findings_json(subject, findings))
+    else:
+        print_table(Console(), subject, findings)
+    raise typer.Exit(exit_status(findings))
+
+
+@app.command()
 def serve(
     deployments: Annotated[Path | None, typer.Option(help="A prefect.yaml (default: the project's).")] = None,
     data: Annotated[
@@ -510,7 +547,7 @@ def _training_progress(max_steps: int, sample_rate: int) -> Iterator[Callable[[i
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/] {message}", highlight=False)
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     raise typer.Exit(2)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from w2v.audio import mean_std
-from w2v.shards.manifest import Manifest, ShardEntry, write_manifest
+from w2v.shards.manifest import Manifest, ShardEntry, SourceEntry, write_manifest
 from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
 
 RATE = 16_000
@@ -44,5 +44,20 @@ def write_shard_folder(folder: Path, lengths: list[int], rows_per_shard: int = 5
         written = write_stream_atomic(utterance_table(rows), folder / name)
         seconds = sum(r.audio.size for r in rows) / RATE
         entries.append(ShardEntry(name, 0, len(rows), seconds, written.bytes, written.sha256))
-    write_manifest(folder, Manifest(sample_rate=RATE, generation=1, shards=tuple(entries)))
+    # One source per utterance, as prepare lists them, so that `w2v shards verify` finds the folder whole.
+    sources = {
+        f"synthetic://{k}": SourceEntry(
+            uri=f"synthetic://{k}",
+            size=2 * n,
+            mtime=0.0,
+            etag=None,
+            metadata_sha256=None,
+            status="kept",
+            utterances=(f"utt-{k:06d}",),
+            decoded_seconds=n / RATE,
+            kept_seconds=n / RATE,
+        )
+        for k, n in enumerate(lengths)
+    }
+    write_manifest(folder, Manifest(sample_rate=RATE, generation=1, shards=tuple(entries), sources=sources))
     return folder

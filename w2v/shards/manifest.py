@@ -183,6 +183,8 @@ def source_entry_from_json(data: dict[str, Any]) -> SourceEntry:
 
 
 def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: not a {FORMAT} manifest (a JSON {type(data).__name__}, not an object)")
     if data.get("format") != FORMAT:
         raise ManifestError(f"{where}: not a {FORMAT} manifest (format={data.get('format')!r})")
     if data.get("version") != VERSION:
@@ -205,8 +207,8 @@ def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
             created=str(data.get("created", "")),
             updated=str(data.get("updated", "")),
         )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ManifestError(f"{where}: malformed manifest ({error})") from error
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ManifestError(f"{where}: malformed manifest ({type(error).__name__}: {error})") from error
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -215,7 +217,7 @@ def read_manifest(folder: Path) -> Manifest:
         data = json.loads(path.read_text())
     except FileNotFoundError as error:
         raise ManifestError(f"{path}: no manifest; is this a folder made by `w2v prepare`?") from error
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid JSON ({error})") from error
     return manifest_from_json(data, str(path))
 
