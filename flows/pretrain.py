@@ -25,6 +25,7 @@ from w2v.train.checkpoint import BEST, complete_checkpoints
 from w2v.train.config import resolve_config_path
 from w2v.train.evaluate import evaluate_checkpoint
 from w2v.train.metrics import read_metrics
+from w2v.train.probe import ProbeConfig
 from w2v.train.report import training_report_markdown
 from w2v.upload import upload_folder
 
@@ -63,7 +64,8 @@ def train(command: list[str]) -> None:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_best(model_dir: Path, shards: list[str]) -> dict[str, Any]:
     try:
-        return evaluate_checkpoint(model_dir, shards).as_record()
+        # With linear probes on the speaker and label columns, where the shards carry them.
+        return evaluate_checkpoint(model_dir, shards, probe=ProbeConfig()).as_record()
     except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
         get_run_logger().warning("no evaluation: %s", error)
         return {}

@@ -11,22 +11,15 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec
 
 from w2v.data.corpus import ShardCorpus
 from w2v.errors import W2VError
-from w2v.shards.table import read_stream
 
 PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
 
 
 def read_column(corpus: ShardCorpus, name: str) -> list[str | None]:
-    """Column `name` (text, speaker, label) of every utterance of `corpus`, in its order; None where unset."""
-    by_shard: dict[int, list[list[str | None]]] = {}
-    values: list[str | None] = []
-    for shard, batch, row in zip(corpus.shard.tolist(), corpus.batch.tolist(), corpus.row.tolist(), strict=True):
-        if shard not in by_shard:
-            table = read_stream(corpus.paths[shard])
-            if name not in table.column_names:
-                raise W2VError(f"{corpus.paths[shard]}: no {name!r} column; prepare with --metadata")
-            by_shard[shard] = [chunk.to_pylist() for chunk in table.column(name).chunks]
-        values.append(by_shard[shard][batch][row])
+    """Column `name` (text, speaker, label) of every utterance of `corpus`; an error if no shard has it."""
+    values = corpus.column(name)
+    if not any(v is not None for v in values):
+        raise W2VError(f"{corpus.folder}: no utterance has a {name!r} value; prepare the shards with --metadata")
     return values
 
 
