@@ -449,6 +449,10 @@ def doctor(
         Path | None, typer.Option(help="Training config whose batch settings a shard folder is judged by.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Findings as JSON on stdout.")] = False,
+    corpus: Annotated[
+        Path | None, typer.Option(help="Raw corpus folder: free disk is judged against 3× its size.")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where shards and runs will go (default: here).")] = None,
 ) -> None:
     """Check this machine, a shard folder or a training run; say what is wrong and what to do (exit 1 if so)."""
     from w2v.doctor.environment import diagnose_environment
@@ -460,7 +464,8 @@ def doctor(
 
     try:
         if target is None:
-            subject, findings = "this machine", diagnose_environment()
+            size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file()) if corpus else None
+            subject, findings = "this machine", diagnose_environment(data_dir, size)
         elif (target / "manifest.json").is_file():
             batch = TrainConfig.from_yaml(config).batch if config else None
             subject, findings = f"shards {target}", diagnose_shards(target, batch)

@@ -52,3 +52,13 @@ def test_the_machine_check_lists_packages_and_reports_an_unreachable_prefect_api
     assert findings["prefect"].severity == "error" and "does not answer" in findings["prefect"].message
     monkeypatch.delenv("PREFECT_API_URL")
     assert {f.check: f for f in diagnose_environment(tmp_path)}["prefect"].severity == "ok"
+
+
+def test_free_disk_is_judged_against_three_times_the_corpus(tmp_path: Path) -> None:
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    roomy = {f.check: f for f in diagnose_environment(tmp_path, corpus_bytes=1000)}["disk"]
+    cramped = {f.check: f for f in diagnose_environment(tmp_path, corpus_bytes=free)}["disk"]
+    assert roomy.severity == "ok"
+    assert cramped.severity == "warning" and "3× the corpus" in cramped.message
