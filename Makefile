@@ -58,6 +58,7 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/finetune.py
 
 clean:
 	rm -rf $(VENV) demo bench-out .mypy_cache .ruff_cache .pytest_cache
