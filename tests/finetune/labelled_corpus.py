@@ -19,7 +19,7 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 def write_labelled_corpus(root: Path, utterances_per_voice: int = 8, seed: int = 0) -> tuple[Path, Path]:
     """(train shards, valid shards): the first 3/4 of each voice's utterances train, the rest validate."""
     rng = np.random.default_rng(seed)
-    rows = {"train": [], "valid": []}
+    rows: dict[str, list[dict[str, str]]] = {"train": [], "valid": []}
     for voice in VOICES:
         for k in range(utterances_per_voice):
             words = [DIGITS[d] for d in rng.integers(0, 10, 4)]

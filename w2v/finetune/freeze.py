@@ -35,6 +35,9 @@ def apply_freeze(model: Any, feature_encoder: bool, layers: float, head_only: bo
     encoder_layers = backbone.encoder.layers
     count = len(encoder_layers)
     if head_only:
+        # Also tell transformers the feature encoder is frozen, or it keeps gradients on the input and every
+        # backward runs through the whole frozen backbone (~3.7x slower per step).
+        backbone.freeze_feature_encoder()
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
     else:

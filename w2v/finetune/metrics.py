@@ -33,7 +33,7 @@ def equal_error_rate(same: np.ndarray, scores: np.ndarray) -> float:
     """Where false acceptances equal false rejections on the ROC curve (scikit-learn) of trial scores."""
     if same.all() or not same.any():
         return float("nan")
-    false_accept, true_accept, _ = roc_curve(same.astype(int), scores)
+    false_accept, true_accept, _ = roc_curve(same.astype(int), scores, drop_intermediate=False)
     false_reject = 1.0 - true_accept
     k = int(np.nanargmin(np.abs(false_reject - false_accept)))
     return float((false_accept[k] + false_reject[k]) / 2)
