@@ -159,7 +159,7 @@ def best_of(run: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def masking_comparison(repeat: int) -> dict[str, float]:
-    """Masks + negatives for 8 × 15 s (749 frames): ours in torch on the CPU vs transformers' numpy helpers.
+    """Masks + negatives for 8 × 15 s (749 frames): ours on the CPU (compiled loops) vs transformers' numpy helpers.
 
     Ours gives the negatives compactly, (masked frames, negatives), which is what our objective reads;
     transformers gives (batch, frames, negatives). `ours_dense_ms_per_batch` adds our conversion to that

@@ -4,15 +4,23 @@ The semantics are transformers' `_compute_mask_indices` and `_sample_negative_in
 pretraining example's collator calls on the CPU, in numpy, utterance by utterance), with padding respected
 strictly: a padded step is never masked and never a negative. Negatives come compactly, one row per masked
 step; `dense_negatives` spreads them into transformers' (batch, frames, negatives) layout.
+
+Two implementations draw them: compiled loops for CPU tensors (`w2v.ssl.cpu_kernels`), and vectorized torch
+for any other device. `backend="torch"` forces the latter (the tests check both against transformers).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
+
+from w2v.ssl import cpu_kernels
+
+Backend = Literal["auto", "torch"]
 
 # Negatives are cut from 53-bit uniforms several at a time (see `sample_negatives`), as many as keep a
 # group's bias under 2^-12.
@@ -35,6 +43,8 @@ def span_mask(
     mask_length: int,
     min_masks: int = 0,
     generator: torch.Generator | None = None,
+    *,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """A (batch, num_frames) bool mask of spans of `mask_length` frames, as `_compute_mask_indices` makes it.
 
@@ -47,7 +57,6 @@ def span_mask(
     if mask_length > num_frames:
         raise ValueError(f"mask_length {mask_length} is longer than the batch's {num_frames} frames")
     device = frame_lengths.device
-    batch = frame_lengths.shape[0]
     # A few numbers per row: worked out on the host, in float64 like transformers.
     lengths = [min(max(int(length), 0), num_frames) for length in frame_lengths.tolist()]
     epsilon = float(torch.rand((), generator=generator, device=device))
@@ -56,6 +65,22 @@ def span_mask(
         min(max(int(mask_prob * length / mask_length + epsilon), min_masks), num_frames // mask_length, starts)
         for length, starts in zip(lengths, available, strict=True)
     ]
+    if device.type == "cpu" and backend == "auto":
+        seed = _seed(generator)
+        mask = cpu_kernels.span_mask_kernel(np.array(lengths), np.array(spans), num_frames, mask_length, seed)
+        return torch.from_numpy(mask)
+    return _span_mask_torch(available, spans, num_frames, mask_length, generator, device)
+
+
+def _span_mask_torch(
+    available: list[int],
+    spans: list[int],
+    num_frames: int,
+    mask_length: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    batch = len(spans)
     most = max(spans, default=0)
     if most == 0:
         return torch.zeros((batch, num_frames), dtype=torch.bool, device=device)
@@ -81,7 +106,11 @@ def span_mask(
 
 
 def sample_negatives(
-    candidates: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
+    candidates: torch.Tensor,
+    num_negatives: int,
+    generator: torch.Generator | None = None,
+    *,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """(candidate steps, num_negatives) int32 indices into the batch's flattened frames, as `_sample_negative_indices`.
 
@@ -92,13 +121,23 @@ def sample_negatives(
     `dense_negatives` gives transformers' (batch, frames, num_negatives) layout. int32 like transformers'
     helper: int64 arithmetic is several times slower on CPUs.
 
-    Random numbers are most of the cost, so each 53-bit uniform gives d draws (its digits in the bases of
-    the choices; d = 4 for rows of 749 frames): a group of draws among n₁ … n_d candidates is within
-    n₁·…·n_d / 2^53 ≤ 2^-12 (0.024%) of uniform and independent, d chosen from `frames` to keep that bound.
+    Random numbers are most of the cost, so several draws are cut from each random number, within 2^-12
+    (0.024%) of uniform and independent: see `w2v.ssl.cpu_kernels` for CPUs; on other devices each 53-bit
+    uniform gives d draws (its digits in the bases of the choices; d = 4 for rows of 749 frames), a group
+    of draws among n₁ … n_d candidates within n₁·…·n_d / 2^53 ≤ 2^-12 of uniform, d chosen from `frames`.
     """
+    candidates = candidates.to(torch.bool)
+    if candidates.device.type == "cpu" and backend == "auto":
+        kernel = cpu_kernels.negatives_kernel(candidates.contiguous().numpy(), num_negatives, _seed(generator))
+        return torch.from_numpy(kernel)
+    return _sample_negatives_torch(candidates, num_negatives, generator)
+
+
+def _sample_negatives_torch(
+    candidates: torch.Tensor, num_negatives: int, generator: torch.Generator | None
+) -> torch.Tensor:
     batch, frames = candidates.shape
     device = candidates.device
-    candidates = candidates.to(torch.bool)
     counts = candidates.sum(dim=1).tolist()
     total = sum(counts)
     if total == 0 or num_negatives == 0:
@@ -123,7 +162,7 @@ def sample_negatives(
     multipliers = np.ones(per_uniform * block)
     multipliers[:total] = np.repeat(others, counts)
     multiplier = torch.from_numpy(multipliers).to(device)[:, None]
-    uniforms = _uniform_float64((block, num_negatives), generator, device)
+    uniforms = torch.rand((block, num_negatives), generator=generator, dtype=torch.float64, device=device)
     draws = torch.empty((per_uniform * block, num_negatives), dtype=torch.int32, device=device)
     for digit in range(per_uniform):
         rows = slice(digit * block, (digit + 1) * block)
@@ -136,11 +175,16 @@ def sample_negatives(
     return twice.index_select(0, read.view(-1)).view(total, num_negatives)
 
 
-def dense_negatives(candidates: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+def dense_negatives(candidates: torch.Tensor, negatives: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
     """`sample_negatives`' rows spread into transformers' (batch, frames, num_negatives) int32 layout.
 
     Steps that are not candidates get index row·frames, as transformers gives them (the loss ignores them).
     """
+    if negatives.device.type == "cpu" and backend == "auto":
+        kernel = cpu_kernels.dense_kernel(
+            candidates.to(torch.bool).contiguous().numpy(), negatives.contiguous().numpy()
+        )
+        return torch.from_numpy(kernel)
     batch, frames = candidates.shape
     count = negatives.shape[1]
     offsets = torch.arange(0, batch * frames, frames, dtype=torch.int32, device=negatives.device)
@@ -159,13 +203,6 @@ def _draws_per_uniform(frames: int) -> int:
     return max(1, min(8, (_UNIFORM_BITS - _BIAS_BITS) // max(frames - 1, 1).bit_length()))
 
 
-def _uniform_float64(shape: tuple[int, int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Uniform float64 in [0, 1) with 53 random bits, drawn from `generator` (the same state, the same numbers).
-
-    On a CPU, numpy's SFC64 seeded from `generator` draws them: torch's CPU generator (mt19937) takes about
-    twice as long per number (4.2 against 2.1 ns here), and these draws are most of the negatives' cost.
-    """
-    if device.type != "cpu":
-        return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-    seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
-    return torch.from_numpy(np.random.Generator(np.random.SFC64(seed)).random(shape))
+def _seed(generator: torch.Generator | None) -> int:
+    """A 63-bit seed for the compiled kernels, drawn from `generator` (the same state, the same seed)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator))
