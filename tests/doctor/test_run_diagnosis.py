@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,14 @@ from w2v.train.guards import expected_masked_share
 
 CONFIG = TrainConfig.from_dict({"model": {"preset": "tiny"}, "optim": {"warmup_steps": 10}, "max_steps": 1000})
 EXPECTED_SHARE = expected_masked_share(CONFIG.masking.mask_time_prob)
+CHANCE = math.log(CONFIG.masking.num_negatives + 1)
 
 
 def _healthy(step: int) -> dict[str, Any]:
     return {
         "step": step,
         "loss": 4.0 * 0.97 ** (step / 10),
+        "contrastive_loss": 3.8 * 0.97 ** (step / 10),
         "perplexity": 60.0,
         "masked_share": EXPECTED_SHARE,
         "data_wait_share": 0.05,
@@ -70,6 +73,13 @@ def test_a_healthy_run_yields_no_problem(tmp_path: Path) -> None:
         ("collapse", _with({"perplexity": 3.0}), "perplexity", "diversity_loss_weight"),
         ("mask ratio", _with({"masked_share": 0.08}), "mask_share", "mask_time_length"),
         ("plateau", _with({"loss": 3.0}), "plateau", "num_negatives"),
+        (
+            "back at chance",
+            [{**_healthy(s), "contrastive_loss": 3.0 if s < 120 else CHANCE} for s in range(20, 220, 20)],
+            "chance",
+            "lower optim.lr",
+        ),
+        ("never left chance", _with({"contrastive_loss": CHANCE}), "chance", "check the corpus"),
         ("data wait", _with({"data_wait_share": 0.6}), "data_wait", "--workers"),
         ("out of memory", _with({"oom_events": 2, "micro_batch_split": 4}), "out_of_memory", "gradient_checkpointing"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,12 @@ def test_a_diverging_run_rolls_back_twice_then_stops_with_the_remedy(tmp_path: P
 
 def test_health_warnings_name_the_problem_and_the_remedy() -> None:
     model = model_config(ModelConfig(preset="tiny"), MaskingConfig())
-    healthy = {"perplexity": 40.0, "masked_share": expected_masked_share(0.65), "loss": 3.0}
+    healthy = {"perplexity": 40.0, "masked_share": expected_masked_share(0.65), "loss": 3.0, "contrastive_loss": 2.9}
     assert health_warnings(healthy, model, GuardConfig()) == []
     collapsed = health_warnings({**healthy, "perplexity": 2.0}, model, GuardConfig())
     assert len(collapsed) == 1 and "diversity_loss_weight" in collapsed[0]
     short = health_warnings({**healthy, "masked_share": 0.05}, model, GuardConfig())
     assert len(short) == 1 and "mask_time_length" in short[0]
     assert "lower optim.lr" in health_warnings({**healthy, "loss": float("nan")}, model, GuardConfig())[0]
+    at_chance = health_warnings({**healthy, "contrastive_loss": math.log(101)}, model, GuardConfig())
+    assert len(at_chance) == 1 and "at chance" in at_chance[0] and "lower optim.lr" in at_chance[0]

@@ -16,7 +16,7 @@ from w2v.doctor.findings import Finding, error, ok, warning
 from w2v.errors import W2VError
 from w2v.train.checkpoint import TRAINER_STATE, complete_checkpoints
 from w2v.train.config import TrainConfig
-from w2v.train.guards import expected_masked_share
+from w2v.train.guards import chance_contrastive_loss, expected_masked_share
 from w2v.train.metrics import read_metrics
 from w2v.train.presets import model_config
 
@@ -47,6 +47,7 @@ def diagnose_run(run_dir: Path) -> list[Finding]:
         _non_finite(training),
         _divergence(training),
         _perplexity(training, config),
+        _chance(training, config),
         _mask_share(training, config),
         _plateau(training, config),
         _data_wait(training),
@@ -114,6 +115,38 @@ def _perplexity(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
             codevectors=codevectors,
         )
     return ok("perplexity", f"codevector perplexity {recent:.1f} of {codevectors}", perplexity=recent)
+
+
+def _chance(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
+    """Contrastive loss at ln(K + 1): the model tells targets from distractors no better than a guess."""
+    warm = [r for r in records if r["step"] > config.optim.warmup_steps]
+    losses = _values(warm, "contrastive_loss")
+    losses = losses[np.isfinite(losses)]
+    chance = chance_contrastive_loss(config.masking.num_negatives)
+    if losses.size < 4:
+        return ok("chance", "too early to compare the contrastive loss with chance", chance=chance)
+    recent, best = float(losses[-max(2, losses.size // 4) :].mean()), float(losses.min())
+    margin = config.guards.chance_margin
+    numbers = {"recent_contrastive_loss": recent, "best_contrastive_loss": best, "chance": chance}
+    if recent < (1 - margin) * chance:
+        return ok("chance", f"contrastive loss {recent:.3f}, below chance {chance:.3f}", **numbers)
+    if best < (1 - 5 * margin) * chance:
+        return error(
+            "chance",
+            f"the contrastive loss fell to {best:.3f} and is back at chance ({recent:.3f}, ln(K + 1) = "
+            f"{chance:.3f}): the representations collapsed",
+            "lower optim.lr (e.g. halve it) and raise optim.warmup_steps; resume from a checkpoint from before "
+            "the rise",
+            **numbers,
+        )
+    return warning(
+        "chance",
+        f"the contrastive loss has stayed at chance since warm-up ({recent:.3f}, ln(K + 1) = {chance:.3f}): the "
+        "model is not learning yet",
+        "check the corpus (w2v doctor SHARDS: silence, noise, very short audio), try a lower or higher optim.lr, "
+        "or train longer",
+        **numbers,
+    )
 
 
 def _mask_share(records: list[dict[str, Any]], config: TrainConfig) -> Finding:

@@ -116,12 +116,15 @@ def dense_kernel(candidates: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     rows, frames = candidates.shape
     count = negatives.shape[1]
     dense = np.empty((rows, frames, count), dtype=np.int32)
-    taken = 0
+    flat, drawn = dense.reshape(-1), negatives.reshape(-1)
+    out = taken = 0
     for row in range(rows):
+        filler = row * frames
         for step in range(frames):
             if candidates[row, step]:
-                dense[row, step, :] = negatives[taken]
-                taken += 1
+                flat[out : out + count] = drawn[taken : taken + count]
+                taken += count
             else:
-                dense[row, step, :] = row * frames
+                flat[out : out + count] = filler
+            out += count
     return dense

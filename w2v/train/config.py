@@ -69,6 +69,7 @@ class GuardConfig:
     rollback_lr_factor: float = 0.5  # the peak lr after the k-th rollback: lr · factor^k
     perplexity_floor_share: float = 0.1  # warn below this share of the codevectors in use
     mask_share_tolerance: float = 0.5  # warn when the masked share is this far (relative) from expected
+    chance_margin: float = 0.01  # warn when the contrastive loss is within this share of chance, ln(K + 1)
 
 
 @dataclass(frozen=True)

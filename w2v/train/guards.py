@@ -15,6 +15,11 @@ def expected_masked_share(mask_time_prob: float) -> float:
     return 1.0 - math.exp(-mask_time_prob)
 
 
+def chance_contrastive_loss(num_negatives: int) -> float:
+    """ln(K + 1): the contrastive loss of a model whose logits cannot tell the target from its K distractors."""
+    return math.log(num_negatives + 1)
+
+
 def health_warnings(record: dict[str, Any], model: Wav2Vec2Config, guards: GuardConfig) -> list[str]:
     """What a log record says is going wrong, each with what to do about it (empty when all is well)."""
     warnings = []
@@ -32,6 +37,13 @@ def health_warnings(record: dict[str, Any], model: Wav2Vec2Config, guards: Guard
             f"{100 * share:.0f} % of frames masked, expected about {100 * target:.0f} %: utterances are too short "
             "for mask_time_length (raise prepare's --min-seconds or batch.max_sample_seconds) or the masking "
             "config is off"
+        )
+    chance = chance_contrastive_loss(model.num_negatives)
+    if record["contrastive_loss"] >= (1 - guards.chance_margin) * chance:
+        warnings.append(
+            f"contrastive loss {record['contrastive_loss']:.3f} is at chance (ln({model.num_negatives} + 1) = "
+            f"{chance:.3f}): the model does not tell the masked frames' targets from the distractors; if it was "
+            "lower before, the representations have collapsed: lower optim.lr or raise optim.warmup_steps"
         )
     if not math.isfinite(record["loss"]):
         warnings.append("the loss is not finite: lower optim.lr, raise optim.warmup_steps, or use bf16 not fp16")
