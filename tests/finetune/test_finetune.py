@@ -75,11 +75,16 @@ def test_classifiers_train_save_and_label_a_file_through_the_audio_classificatio
         assert labels <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
 
 
-def test_a_finished_run_resumes_and_goes_on_to_more_steps(corpus: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_a_finished_run_resumes_reports_its_evaluation_and_goes_on_to_more_steps(
+    corpus: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     train, valid, pretrained = corpus
     run = tmp_path / "run"
-    finetune(FinetuneConfig.for_task("classify", {**SMALL, "max_steps": 3}), pretrained, [str(train)], [str(valid)],
-             run, loader=LoaderConfig(0))  # fmt: skip
+    first = finetune(FinetuneConfig.for_task("classify", {**SMALL, "max_steps": 3}), pretrained, [str(train)],
+                     [str(valid)], run, loader=LoaderConfig(0))  # fmt: skip
+    again = finetune(FinetuneConfig.for_task("classify", {**SMALL, "max_steps": 3}), pretrained, [str(train)],
+                     [str(valid)], run, loader=LoaderConfig(0))  # fmt: skip
+    assert again.steps == 3 and again.evaluation == first.evaluation and "val_accuracy" in again.evaluation
     more = finetune(FinetuneConfig.for_task("classify", {**SMALL, "max_steps": 6}), pretrained, [str(train)],
                     [str(valid)], run, loader=LoaderConfig(0))  # fmt: skip
     assert more.steps == 6

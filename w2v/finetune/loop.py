@@ -151,11 +151,13 @@ def finetune(
     # --- resume ------------------------------------------------------------------------------------------
     step, loader_state = 0, None
     tracking: dict[str, Any] = {"best": None}
+    evaluation: dict[str, float] = {}  # the newest, also when a finished run is resumed and trains no more
     checkpoint = resolve_resume(run_dir, resume)
     if checkpoint is not None:
         restored = load_checkpoint(accelerator, checkpoint)
         step, loader_state = restored.step, StreamState.from_dict(restored.loader_state)
         tracking.update(restored.tracking)
+        evaluation = dict(restored.metrics)
     metrics = MetricsLog(run_dir, step if checkpoint is not None else None) if accelerator.is_main_process else None
     batches: Iterator[Batch] = iter(
         make_loader(
@@ -170,7 +172,7 @@ def finetune(
     )
 
     # --- loop --------------------------------------------------------------------------------------------
-    last_checkpoint, best_dir, evaluation = checkpoint, None, {}
+    last_checkpoint, best_dir = checkpoint, None
     losses: list[float] = []
     higher_is_better = config.task != "ctc"
     while step < max_steps:
