@@ -103,6 +103,10 @@ def test_checkpoints_load_for_pretraining_and_for_ctc_and_only_the_last_are_kept
     assert logits.shape[-1] == 32
     assert (model_folder / "preprocessor_config.json").is_file()
     assert not list((uninterrupted / "checkpoints").glob(".tmp-*"))
+    # The weights are on disk once: Accelerate's copy is a hard link to the model folder's.
+    assert (model_folder / "model.safetensors").stat().st_ino == (
+        kept[-1] / "accelerate" / "model.safetensors"
+    ).stat().st_ino
 
 
 def test_loss_falls_and_codevectors_stay_in_use_on_speech(prepared: Prepared, tmp_path: Path) -> None:

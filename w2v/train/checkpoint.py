@@ -4,11 +4,16 @@ RUN/checkpoints/step-00001000/
   model/          save_pretrained (safetensors) + preprocessor_config.json: loads with from_pretrained
   accelerate/     Accelerator.save_state: model, optimizer, scheduler, loss scaler, RNG states
   trainer.json    step, the loader's stream state, the run's config, the last metrics (written last)
+
+The two folders' model.safetensors are byte for byte the same file when one process saved them: the second
+becomes a hard link to the first, so a checkpoint holds its weights once on disk.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -22,7 +27,10 @@ from transformers import Wav2Vec2FeatureExtractor
 from w2v.errors import W2VError
 from w2v.shards.manifest import fsync_dir, write_text_atomic
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
+WEIGHTS = "model.safetensors"
 BEST = "best"
 TRAINER_STATE = "trainer.json"
 
@@ -78,6 +86,7 @@ def save_checkpoint(
         _save_model(accelerator.unwrap_model(model), weights, temporary / "model", sample_rate)
         if save_extra is not None:  # e.g. a fine-tuned model's tokenizer, beside its weights
             save_extra(temporary / "model")
+        share_identical_file(temporary / "model" / WEIGHTS, temporary / "accelerate" / WEIGHTS)
         write_text_atomic(temporary / TRAINER_STATE, state.to_json() + "\n")
         if final.exists():  # the same step saved again after a resume: the new one replaces it
             shutil.rmtree(final)
@@ -87,6 +96,21 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def share_identical_file(original: Path, copy: Path) -> bool:
+    """Make `copy` a hard link to `original` when both exist with the same bytes; whether it now is one."""
+    try:
+        if not (original.is_file() and copy.is_file()) or not filecmp.cmp(original, copy, shallow=False):
+            return False
+        link = copy.with_name(f".link-{copy.name}")
+        link.unlink(missing_ok=True)
+        os.link(original, link)
+        os.replace(link, copy)
+    except OSError as error:  # a file system without hard links: keep both copies
+        logger.debug("%s and %s stay two copies: %s", original, copy, error)
+        return False
+    return True
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
