@@ -16,7 +16,7 @@ from w2v.doctor.findings import Finding, error, ok, warning
 from w2v.errors import W2VError
 from w2v.train.checkpoint import TRAINER_STATE, complete_checkpoints
 from w2v.train.config import TrainConfig
-from w2v.train.guards import chance_contrastive_loss, expected_masked_share
+from w2v.train.guards import chance_contrastive_loss, collapse_below, expected_masked_share
 from w2v.train.metrics import read_metrics
 from w2v.train.presets import model_config
 
@@ -130,7 +130,7 @@ def _chance(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
     numbers = {"recent_contrastive_loss": recent, "best_contrastive_loss": best, "chance": chance}
     if recent < (1 - margin) * chance:
         return ok("chance", f"contrastive loss {recent:.3f}, below chance {chance:.3f}", **numbers)
-    if best < (1 - 5 * margin) * chance:
+    if best < collapse_below(chance, config.guards):
         return error(
             "chance",
             f"the contrastive loss fell to {best:.3f} and is back at chance ({recent:.3f}, ln(K + 1) = "

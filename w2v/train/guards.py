@@ -20,8 +20,19 @@ def chance_contrastive_loss(num_negatives: int) -> float:
     return math.log(num_negatives + 1)
 
 
-def health_warnings(record: dict[str, Any], model: Wav2Vec2Config, guards: GuardConfig) -> list[str]:
-    """What a log record says is going wrong, each with what to do about it (empty when all is well)."""
+def collapse_below(chance: float, guards: GuardConfig) -> float:
+    """A contrastive loss under this had left chance: back at chance after it is a collapse."""
+    return (1 - 5 * guards.chance_margin) * chance
+
+
+def health_warnings(
+    record: dict[str, Any], model: Wav2Vec2Config, guards: GuardConfig, lowest_contrastive_loss: float | None = None
+) -> list[str]:
+    """What a log record says is going wrong, each with what to do about it (empty when all is well).
+
+    `lowest_contrastive_loss` is the run's lowest logged so far: a loss back at chance after it is a collapse.
+    (A loss that has not left chance yet is normal early on; `w2v doctor` judges that over the whole run.)
+    """
     warnings = []
     codevectors = model.num_codevectors_per_group * model.num_codevector_groups
     if record["perplexity"] < guards.perplexity_floor_share * codevectors:
@@ -39,11 +50,12 @@ def health_warnings(record: dict[str, Any], model: Wav2Vec2Config, guards: Guard
             "config is off"
         )
     chance = chance_contrastive_loss(model.num_negatives)
-    if record["contrastive_loss"] >= (1 - guards.chance_margin) * chance:
+    at_chance = record["contrastive_loss"] >= (1 - guards.chance_margin) * chance
+    if at_chance and lowest_contrastive_loss is not None and lowest_contrastive_loss < collapse_below(chance, guards):
         warnings.append(
-            f"contrastive loss {record['contrastive_loss']:.3f} is at chance (ln({model.num_negatives} + 1) = "
-            f"{chance:.3f}): the model does not tell the masked frames' targets from the distractors; if it was "
-            "lower before, the representations have collapsed: lower optim.lr or raise optim.warmup_steps"
+            f"contrastive loss {record['contrastive_loss']:.3f} is back at chance (ln({model.num_negatives} + 1) = "
+            f"{chance:.3f}) after {lowest_contrastive_loss:.3f}: the representations collapsed; lower optim.lr "
+            "or raise optim.warmup_steps, and resume from a checkpoint from before the rise"
         )
     if not math.isfinite(record["loss"]):
         warnings.append("the loss is not finite: lower optim.lr, raise optim.warmup_steps, or use bf16 not fp16")

@@ -192,7 +192,10 @@ def pretrain(
                 record.update(rollbacks=rollbacks, oom_events=tracking["oom_events"], micro_batch_split=split)
                 warmed_up = step > config.optim.warmup_steps  # early codebooks and losses say little
                 architecture = accelerator.unwrap_model(model).config
-                record["warnings"] = health_warnings(record, architecture, config.guards) if warmed_up else []
+                lowest = tracking.get("lowest_contrastive_loss")
+                record["warnings"] = health_warnings(record, architecture, config.guards, lowest) if warmed_up else []
+                if lowest is None or record["contrastive_loss"] < lowest:
+                    tracking["lowest_contrastive_loss"] = record["contrastive_loss"]
                 for warning in record["warnings"]:
                     logger.warning("step %d: %s", step, warning)
                 window = []
