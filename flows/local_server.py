@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from w2v.errors import W2VError
 
@@ -65,7 +66,7 @@ def local_prefect_server(
         _wait_healthy(server, process, start_timeout)
         yield server
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 def _wait_healthy(server: LocalServer, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -84,12 +85,13 @@ def _wait_healthy(server: LocalServer, process: subprocess.Popen[bytes], timeout
         time.sleep(0.5)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process_group(process: subprocess.Popen[Any], grace_seconds: float = 20) -> None:
+    """Stop a process started with start_new_session=True, and everything it started: SIGTERM, then SIGKILL."""
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.local_server import stop_process_group
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -56,12 +58,7 @@ def moto_s3_server(start_timeout_seconds: float = 30.0, port: int | None = None)
                 time.sleep(0.2)
         yield S3Server(url)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace_seconds=10)
 
 
 _DASK_CLUSTER = """

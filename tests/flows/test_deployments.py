@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows.deployments import default_variables, read_specs, render
-from flows.local_server import LocalServer, local_prefect_server
+from flows.local_server import LocalServer, local_prefect_server, stop_process_group
 from tests.corpus import speak
 from tests.flows.ui import artifact_text_from_flow_run_page
 from tests.servers import free_port
@@ -118,12 +117,7 @@ class _serving:
         return self.log
 
     def __exit__(self, *exc: object) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process, grace_seconds=30)
 
 
 def tmp_cwd(folder: Path) -> Path:
