@@ -15,7 +15,7 @@ from w2v.data.corpus import ShardCorpus
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora
 from w2v.data.plan import BatchConfig
-from w2v.data.staging import stage_shards
+from w2v.data.staging import default_cache_dir, stage_shards
 from w2v.errors import ShardError
 from w2v.shards.manifest import read_manifest
 
@@ -86,3 +86,11 @@ def test_a_damaged_remote_shard_is_fetched_again_then_refused(s3: S3Server, tmp_
     staged = next(cache.iterdir())
     assert not (staged / "manifest.json").exists()  # an incomplete cache never looks complete
     assert not list(staged.glob("*.part"))
+
+
+def test_the_default_cache_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("W2V_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "w2v" / "shards"
+    monkeypatch.setenv("W2V_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"

@@ -29,6 +29,14 @@ BLOCK_BYTES = 8 << 20
 VERIFIED_SUFFIX = ".sha256"
 
 
+def default_cache_dir() -> Path:
+    """Where shards are staged when no run folder owns them: $W2V_CACHE_DIR, else $XDG_CACHE_HOME/w2v/shards
+    (~/.cache/w2v/shards). Each URL gets its own locked subfolder, so runs may share it."""
+    if os.environ.get("W2V_CACHE_DIR"):
+        return Path(os.environ["W2V_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "w2v" / "shards"
+
+
 @dataclass(frozen=True)
 class Staged:
     folder: Path

@@ -133,6 +133,7 @@ def evaluate_checkpoint(
 
     from w2v.data.corpus import split_held_out
     from w2v.data.mixture import open_corpora
+    from w2v.data.staging import default_cache_dir
 
     model_dir = Path(model_dir)
     if config is None:
@@ -147,7 +148,8 @@ def evaluate_checkpoint(
         raise W2VError(f"{model_dir}: not a model folder ({error}); pass CHECKPOINT/model") from error
     if probe is not None:
         hidden_state_index(model.config, probe.layer)  # a bad layer fails before any work
-    corpora, _ = open_corpora(list(shards), cache_dir or model_dir / ".shard-cache", storage_options)
+    # Not inside the checkpoint: a model folder that gets uploaded must not carry a copy of the corpus.
+    corpora, _ = open_corpora(list(shards), cache_dir or default_cache_dir(), storage_options)
     held_out = [held for _, held in (split_held_out(c, config.val_share) for c in corpora) if held is not None]
     if not held_out:
         raise W2VError(f"no held-out recordings with val_share={config.val_share}; raise it (--val-share 0.2)")
