@@ -123,3 +123,35 @@ def test_the_loss_is_finite_for_a_batch_of_one_short_row(tmp_path: Path) -> None
         Accelerator(cpu=True), model, optimizer, scheduler, _batches(corpus), accumulation=1, max_grad_norm=1.0, seed=0
     )
     assert np.isfinite(result.loss) and not result.skipped
+
+
+def test_the_base_presets_first_update_has_finite_gradients(corpus: ShardCorpus) -> None:
+    # transformers 5's xlogy perplexity has NaN gradients where a codevector's marginal is exactly 0, which
+    # the base preset's softmax gives at once: every gradient was NaN and no base run could start.
+    from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2GumbelVectorQuantizer
+
+    from w2v.ssl.objective import pretraining_objective
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="base", overrides={"num_hidden_layers": 1}), MASKING)
+    model.train()
+    batch = next(iter(make_loader([corpus], BatchConfig(max_batch_seconds=12.0), seed=0, loader=LoaderConfig(0))))
+    targets = pretraining_targets(batch.num_samples, batch.input_values.shape[1], model.config, None)
+    outputs = model(
+        batch.input_values,
+        mask_time_indices=targets.mask_time_indices,
+        sampled_negative_indices=targets.sampled_negative_indices.long(),
+    )
+    pretraining_objective(outputs, targets, model.config).loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    assert torch.isfinite(norm) and norm > 0
+    # Some codevectors do have a marginal of exactly 0 here (what made transformers' gradient NaN), and the
+    # perplexity is the same value transformers computes.
+    with torch.no_grad():
+        hidden = model.wav2vec2(batch.input_values).extract_features
+        logits = model.quantizer.weight_proj(model.dropout_features(hidden))
+        probs = logits.view(-1, model.config.num_codevector_groups, model.config.num_codevectors_per_group).softmax(-1)
+        mask = targets.mask_time_indices
+    assert (probs[mask.flatten()].mean(dim=0) == 0).any()
+    ours = model.quantizer._compute_perplexity(probs, mask)
+    assert torch.allclose(ours, Wav2Vec2GumbelVectorQuantizer._compute_perplexity(probs, mask), rtol=1e-5)

@@ -58,5 +58,5 @@ def health_warnings(
             "or raise optim.warmup_steps, and resume from a checkpoint from before the rise"
         )
     if not math.isfinite(record["loss"]):
-        warnings.append("the loss is not finite: lower optim.lr, raise optim.warmup_steps, or use bf16 not fp16")
+        warnings.append("the loss is not finite: lower optim.lr, raise optim.warmup_steps (with fp16: use bf16)")
     return warnings

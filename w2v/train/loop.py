@@ -304,9 +304,14 @@ def _roll_back(
     guards = config.guards
     if checkpoint is None or rollbacks > guards.max_rollbacks:
         why = "before its first checkpoint" if checkpoint is None else f"after {guards.max_rollbacks} rollbacks"
+        remedy = "lower optim.lr, raise optim.warmup_steps" + (
+            ", or use bf16 instead of fp16" if config.mixed_precision == "fp16" else ""
+        )
+        if step == guards.max_consecutive_skips and checkpoint is None:  # not one finite update: not the lr
+            remedy = "check the shards (w2v doctor SHARDS) and the model's overrides; " + remedy
         raise W2VError(
             f"training diverged at step {step} {why}: {guards.max_consecutive_skips} updates in a row had a "
-            "non-finite loss or gradient; lower optim.lr, raise optim.warmup_steps, or use bf16 instead of fp16"
+            f"non-finite loss or gradient; {remedy}"
         )
     restored = load_checkpoint(accelerator, checkpoint)
     lr = config.optim.lr * guards.rollback_lr_factor**rollbacks

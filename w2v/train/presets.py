@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2GumbelVectorQuantizer
 
 from w2v.errors import W2VError
 from w2v.train.config import MaskingConfig, ModelConfig
@@ -85,11 +87,45 @@ def model_config(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2Config:
 
 
 def build_model(model: ModelConfig, masking: MaskingConfig) -> Wav2Vec2ForPreTraining:
-    """A randomly initialized model of the preset, or the `init_from` checkpoint to continue from."""
+    """A randomly initialized model of the preset, or the `init_from` checkpoint to continue from, ready to train."""
     if model.init_from is not None:
-        loaded: Wav2Vec2ForPreTraining = _from_pretrained(Wav2Vec2ForPreTraining, model.init_from)
-        return loaded
-    return Wav2Vec2ForPreTraining(model_config(model, masking))
+        built: Wav2Vec2ForPreTraining = _from_pretrained(Wav2Vec2ForPreTraining, model.init_from)
+    else:
+        built = Wav2Vec2ForPreTraining(model_config(model, masking))
+    return trainable(built)
+
+
+class FinitePerplexityQuantizer(Wav2Vec2GumbelVectorQuantizer):
+    """transformers' Gumbel quantizer with the codevector perplexity as fairseq computes it.
+
+    transformers 5 computes exp(-Σ p·log p) with `torch.xlogy(p, p)`, whose gradient is NaN wherever a
+    codevector's marginal probability over the masked frames is exactly 0. The base and large presets' float32
+    softmax gives such zeros from the first batch (their logits span hundreds), so every gradient was NaN and
+    the guards stopped the run. fairseq's exp(-Σ p·log(p + 1e-7)) has the same value to 1e-6 and a finite
+    gradient. Same parameters: checkpoints are unchanged.
+    """
+
+    @staticmethod
+    def _compute_perplexity(probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            keep = mask.flatten()[:, None, None].expand(probs.shape)
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+            marginal = probs.sum(dim=0) / mask.sum()
+        else:
+            marginal = probs.mean(dim=0)
+        return torch.exp(-torch.sum(marginal * torch.log(marginal + 1e-7), dim=-1)).sum()
+
+
+def trainable(model: Wav2Vec2ForPreTraining) -> Wav2Vec2ForPreTraining:
+    """`model` with what training needs of it beyond transformers: a finite perplexity gradient, and an answer
+    to Accelerate's FSDP2 asking for input embeddings (a speech model has none; the default raises)."""
+    model.quantizer.__class__ = FinitePerplexityQuantizer
+    model.get_input_embeddings = _no_input_embeddings  # type: ignore[method-assign,assignment]
+    return model
+
+
+def _no_input_embeddings() -> None:
+    return None
 
 
 def _from_pretrained(kind: Any, folder: str) -> Any:
