@@ -13,7 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from w2v.cli.root import app, console, fail, offline_prefect_defaults
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
-from w2v.prepare.filters import QualityThresholds
 
 
 @app.command()
@@ -48,6 +47,7 @@ def prepare(
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
     offline_prefect_defaults()
     from flows.prepare_corpus import prepare_corpus
+    from w2v.prepare.filters import QualityThresholds
 
     options: dict[str, Any] | None = json.loads(storage_options) if storage_options else None
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)

@@ -13,7 +13,6 @@ from rich.table import Table
 from w2v.cli.root import app, console, fail
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
-from w2v.prepare.filters import QualityThresholds
 
 shards_app = typer.Typer(help="Check and describe shard folders.", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
@@ -42,6 +41,7 @@ def shards_filter(
     max_dc_offset: Annotated[str | None, typer.Option(help="Remove pieces with a larger |DC offset|.")] = None,
 ) -> None:
     """Copy a shard folder keeping only utterances that pass stricter filters (no decoding)."""
+    from w2v.prepare.filters import QualityThresholds
     from w2v.prepare.pipeline import utc_now
     from w2v.shards.filter import filter_folder
 

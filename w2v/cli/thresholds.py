@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from w2v.cli.root import fail
-from w2v.prepare.filters import QualityThresholds
+
+if TYPE_CHECKING:
+    from w2v.prepare.filters import QualityThresholds
 
 
 def parse_threshold(name: str, value: str | None) -> float | None:
@@ -18,6 +22,9 @@ def parse_threshold(name: str, value: str | None) -> float | None:
 def parse_thresholds(
     max_clipped_share: str | None, min_snr_db: str | None, min_speech_share: str | None, max_dc_offset: str | None
 ) -> QualityThresholds:
+    # Here, not at the top: w2v.prepare.filters imports scipy (through w2v.quality), ~1 s of every `w2v --help`.
+    from w2v.prepare.filters import QualityThresholds
+
     return QualityThresholds(
         max_clipped_share=parse_threshold("max_clipped_share", max_clipped_share),
         min_snr_db=parse_threshold("min_snr_db", min_snr_db),
