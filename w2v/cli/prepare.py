@@ -1,0 +1,104 @@
+"""`w2v prepare`: raw audio to shards through the prepare-corpus flow, with a progress bar of files decoded."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from w2v.cli.root import app, console, fail, offline_prefect_defaults
+from w2v.cli.thresholds import parse_thresholds
+from w2v.errors import W2VError
+
+
+@app.command()
+def prepare(
+    sources: Annotated[list[str], typer.Argument(help="Folders, globs, list files (.txt) or s3:// prefixes.")],
+    out: Annotated[Path, typer.Option(help="Shard folder; re-running into it adds only new files.")],
+    sample_rate: Annotated[int, typer.Option(help="Target sample rate in Hz.")] = 16_000,
+    min_seconds: Annotated[float, typer.Option(help="Pieces shorter than this are dropped.")] = 2.0,
+    max_seconds: Annotated[float, typer.Option(help="Longer recordings are cut at quiet frames.")] = 20.0,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")] = None,
+    metadata: Annotated[
+        Path | None, typer.Option(help="CSV/JSONL with a `path` column and any of text, speaker, label.")
+    ] = None,
+    shard_mb: Annotated[float, typer.Option(help="Largest shard size in MiB.")] = 256.0,
+    num_buckets: Annotated[int, typer.Option(help="Length buckets of equal total duration.")] = 8,
+    files_per_chunk: Annotated[int, typer.Option(help="Files per decode task (unit of retry).")] = 16,
+    storage_options: Annotated[
+        str | None, typer.Option(help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://…"}\'.')
+    ] = None,
+    vad: Annotated[str, typer.Option(help="Speech detector: energy (fast) or silero (accurate, ~40x slower).")] = (
+        "energy"
+    ),
+    measure: Annotated[bool, typer.Option(help="Measure quality (and so allow the filters).")] = True,
+    max_clipped_share: Annotated[str, typer.Option(help="Reject pieces clipped more than this; 'off'.")] = "0.01",
+    min_snr_db: Annotated[str, typer.Option(help="Reject pieces with a lower SNR estimate; 'off'.")] = "3",
+    min_speech_share: Annotated[str, typer.Option(help="Reject pieces with less speech; 'off'.")] = "0.1",
+    max_dc_offset: Annotated[str, typer.Option(help="Reject pieces with a larger |DC offset|; 'off'.")] = "0.1",
+    dask_address: Annotated[
+        str | None, typer.Option(help="Decode on an existing Dask cluster (tcp://host:8786) instead of here.")
+    ] = None,
+) -> None:
+    """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
+    offline_prefect_defaults()
+    from flows.prepare_corpus import prepare_corpus
+    from w2v.prepare.filters import QualityThresholds
+
+    options: dict[str, Any] | None = json.loads(storage_options) if storage_options else None
+    thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
+    if not measure:
+        thresholds = QualityThresholds(None, None, None, None)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_show_progress, args=(out, stop), daemon=True)
+    watcher.start()
+    try:
+        summary = prepare_corpus(
+            sources=sources,
+            out=str(out),
+            sample_rate=sample_rate,
+            min_seconds=min_seconds,
+            max_seconds=max_seconds,
+            num_buckets=num_buckets,
+            shard_mb=shard_mb,
+            files_per_chunk=files_per_chunk,
+            workers=workers,
+            metadata=str(metadata) if metadata else None,
+            storage_options=options,
+            measure_quality=measure,
+            vad=vad,
+            quality=thresholds,
+            dask_address=dask_address,
+        )
+    except W2VError as error:
+        fail(str(error))
+    finally:
+        stop.set()
+        watcher.join()
+    counts, seconds = summary["counts"], summary["seconds"]
+    console.print(
+        f"[green]{out}[/]: {seconds['in_shards'] / 3600:.2f} h in {counts['utterances']} utterances, "
+        f"{counts['shards']} shards; this run decoded {summary['last_run']['files_decoded']} of "
+        f"{summary['last_run']['files_listed']} files; rejected: {counts['rejected'] or 'none'}"
+    )
+
+
+def _show_progress(out: Path, stop: threading.Event) -> None:
+    from w2v.prepare.progress import staged_progress
+
+    with Progress(
+        TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("files", total=None)
+        planned: int | None = None
+        while not stop.wait(0.5):
+            done, total = staged_progress(out)
+            planned = total if total is not None else planned
+            bar.update(task, completed=done, total=planned)
+        # The run's commit removes the staging folder: what was planned is what was done.
+        if planned is not None:
+            bar.update(task, completed=planned, total=planned)

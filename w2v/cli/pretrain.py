@@ -1,0 +1,127 @@
+"""`w2v pretrain` (the training loop in this process, or one rank of it) and `w2v pipeline` (the whole
+pretrain flow: stage, train, evaluate, upload, report)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from w2v.cli.root import app, console, fail, offline_prefect_defaults
+from w2v.errors import W2VError
+
+
+@app.command()
+def pretrain(
+    shards: Annotated[
+        list[str], typer.Option(help="Shard folder or URL, optionally with a mixing weight: a/:0.7 (repeatable).")
+    ],
+    output: Annotated[Path, typer.Option(help="Run folder: checkpoints/, metrics.jsonl, config.")],
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (sections: batch, optim, ...).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Model preset: tiny, base, large.")] = None,
+    init_from: Annotated[str | None, typer.Option(help="A transformers model folder to continue from.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Updates to train for in total.")] = None,
+    max_hours: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many hours.")] = None,
+    resume: Annotated[str, typer.Option(help="auto (newest checkpoint), never, or a checkpoint folder.")] = "auto",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: optim.lr=3e-4 (repeatable).")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
+    workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+) -> None:
+    """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch)."""
+    from w2v.data.loader import LoaderConfig
+    from w2v.train.config import TrainConfig, apply_overrides
+    from w2v.train.loop import pretrain as run_pretraining
+
+    overrides = list(set_ or [])
+    for key, value in (("model.preset", preset), ("model.init_from", init_from), ("max_steps", max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if max_hours is not None:
+        overrides.append(f"max_hours={max_hours}")
+    try:
+        if config is not None:
+            train_config = TrainConfig.from_yaml(config, overrides)
+        else:
+            train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
+        with _training_progress(train_config.max_steps, train_config.batch.sample_rate) as on_step:
+            result = run_pretraining(
+                train_config,
+                shards,
+                output,
+                resume=resume,
+                cache_dir=cache_dir,
+                loader=LoaderConfig(num_workers=workers),
+                on_step=on_step,
+            )
+    except W2VError as error:
+        fail(str(error))
+    console.print(
+        f"[green]{output}[/]: {result.steps} steps ({result.stopped_by}), {result.skipped_steps} skipped; "
+        f"last checkpoint {result.last_checkpoint}"
+    )
+
+
+@app.command()
+def pipeline(
+    shards: Annotated[list[str], typer.Option(help="Shard folder or URL, optionally :WEIGHT (repeatable).")],
+    output: Annotated[Path, typer.Option(help="Runs folder (with --run-name) or the run folder itself.")],
+    config: Annotated[str | None, typer.Option(help="Training config: a YAML file, or tiny / base.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="The run's folder under --output.")] = None,
+    max_hours: Annotated[float | None, typer.Option(help="Stop (with a checkpoint) after this many hours.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value (repeatable).")] = None,
+    upload_to: Annotated[str | None, typer.Option(help="Where the best checkpoint goes (default RUN/uploaded).")] = (
+        None
+    ),
+    num_processes: Annotated[int, typer.Option(help="Training processes (DDP ranks).")] = 1,
+    accelerate_config: Annotated[
+        str | None, typer.Option(help="An Accelerate config file (configs/accelerate/).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+) -> None:
+    """The pretrain flow, as the nightly deployment runs it: stage → train → evaluate → upload → report."""
+    offline_prefect_defaults()
+    from flows.pretrain import pretrain_flow
+
+    try:
+        result = pretrain_flow(
+            shards=shards,
+            output=str(output),
+            config=config,
+            overrides=list(set_ or []),
+            run_name=run_name,
+            max_hours=max_hours,
+            num_processes=num_processes,
+            accelerate_config=accelerate_config,
+            upload_to=upload_to,
+            loader_workers=workers,
+        )
+    except W2VError as error:
+        fail(str(error))
+    console.print(f"[green]{result['run']}[/]: best checkpoint {result['checkpoint']}")
+    for name in ("evaluation", "upload"):
+        console.print(f"{name}: {json.dumps(result[name])}", soft_wrap=True)
+    console.print(
+        f"report: {result['report']}; TensorBoard: tensorboard --logdir {result['tensorboard']}", soft_wrap=True
+    )
+
+
+@contextmanager
+def _training_progress(max_steps: int, sample_rate: int) -> Iterator[Callable[[int, Any], None]]:
+    """A progress bar of updates with the latest loss, on a terminal (and silent in logs, e.g. under Prefect)."""
+    columns = [TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}")]
+    with Progress(*columns, TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("pretrain", total=max_steps, status="")
+
+        def on_step(step: int, result: Any) -> None:
+            rate = result.audio_samples / sample_rate / max(result.seconds, 1e-9)
+            status = f"loss {result.loss:.3f}  {rate:.0f} audio-s/s"
+            progress.update(task, completed=step, status=status)
+
+        yield on_step

@@ -1,0 +1,42 @@
+"""The one `w2v` Typer app, its --log-level callback, and what every command shares: the stderr console,
+one-line failures (exit 2) and Prefect's offline settings. Command modules register themselves on `app`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="w2v: raw speech corpus to pretrained wav2vec 2.0.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _logging(
+    log_level: Annotated[str, typer.Option(help="Messages of w2v's library code: debug, info, warning.")] = "info",
+) -> None:
+    """w2v: raw speech corpus to pretrained wav2vec 2.0."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        fail(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    library = logging.getLogger("w2v")
+    library.handlers = [handler]
+    library.setLevel(level)
+    library.propagate = False
+
+
+def offline_prefect_defaults() -> None:
+    # Runs happen on machines with no route out: don't let Prefect try to phone home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
+    raise typer.Exit(2)
