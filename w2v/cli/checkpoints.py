@@ -16,7 +16,10 @@ from w2v.errors import W2VError
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint folder (RUN/best, RUN/checkpoints/step-…).")],
     shards: Annotated[list[str], typer.Option(help="The shard folders (or URLs) the run trained on.")],
-    cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where remote shards are staged (default: $W2V_CACHE_DIR or ~/.cache/w2v/shards)."),
+    ] = None,
     val_share: Annotated[
         float | None, typer.Option(help="Held-out share of recordings (default: the run's own).")
     ] = None,
