@@ -36,9 +36,9 @@ def test_each_utterance_reads_back_as_written_without_copying(corpus: ShardCorpu
         assert not audio.flags.owndata  # a view into the memory map
 
 
-@pytest.mark.parametrize("mode", ["crop", "pad"])
-def test_rows_are_normalized_windows_of_the_planned_utterances(corpus: ShardCorpus, mode: str) -> None:
-    config = BatchConfig(max_batch_seconds=8.0, mode=mode, max_sample_seconds=2.0)
+@pytest.mark.parametrize(("mode", "multiple"), [("crop", 1), ("crop", 1600), ("crop", 20_000), ("pad", 1)])
+def test_rows_are_normalized_windows_of_the_planned_utterances(corpus: ShardCorpus, mode: str, multiple: int) -> None:
+    config = BatchConfig(max_batch_seconds=8.0, mode=mode, max_sample_seconds=2.0, crop_to_multiple_of=multiple)
     indices = np.array([3, 17, 150, 229])
     batch = collate(corpus, indices, config, np.random.default_rng(0))
     rows = batch.num_samples.numpy()
@@ -46,7 +46,10 @@ def test_rows_are_normalized_windows_of_the_planned_utterances(corpus: ShardCorp
     capped = np.minimum(lengths, config.max_sample_size)
     if mode == "crop":
         assert batch.attention_mask is None
-        assert (rows == capped.min()).all() and batch.input_values.shape == (4, capped.min())
+        # Every row the batch's shortest, rounded down to the multiple unless shorter than it.
+        shortest = capped.min()
+        width = shortest if shortest < multiple else shortest - shortest % multiple
+        assert (rows == width).all() and batch.input_values.shape == (4, width)
         assert batch.padded_samples == 0
     else:
         assert batch.input_values.shape[1] % 8 == 0 and batch.input_values.shape[1] >= capped.max()

@@ -1,7 +1,8 @@
 """Turn one planned micro-batch into model input: int16 rows normalized into one float32 array, cropped or padded.
 
-`crop`: every row is a random window of the batch's shortest row (capped at max_sample_size), so nothing
-is padded and no attention mask is needed (fairseq's pretraining default). `pad`: rows longer than
+`crop`: every row is a random window of the batch's shortest row (capped at max_sample_size, rounded down
+to `crop_to_multiple_of`), so nothing is padded and no attention mask is needed (fairseq's pretraining
+default). `pad`: rows longer than
 max_sample_size are randomly cropped to it, the rest padded with zeros to the longest, rounded up to
 `pad_to_multiple_of`, with an attention mask. Each batch counts what it lost: audio cropped away, padding.
 Crop offsets come from (seed, stream position), so a resumed run reads exactly the same windows.
@@ -58,16 +59,22 @@ class Batch:
         )
 
 
+def batch_width(capped: np.ndarray, config: BatchConfig) -> int:
+    """Samples per row of a batch of utterances `capped` long (at most max_sample_size): crop mode, the
+    shortest rounded down to `crop_to_multiple_of` (fewer distinct shapes: GPU kernels set up once per
+    shape) unless shorter than that; pad mode, the longest rounded up to `pad_to_multiple_of`."""
+    if config.mode == "crop":
+        width = int(capped.min())
+        return width - width % config.crop_to_multiple_of if width >= config.crop_to_multiple_of else width
+    return int(math.ceil(int(capped.max()) / config.pad_to_multiple_of) * config.pad_to_multiple_of)
+
+
 def collate(corpus: ShardCorpus, indices: np.ndarray, config: BatchConfig, rng: np.random.Generator) -> Batch:
     """Read, window and normalize the utterances `indices` of `corpus` into one Batch."""
     lengths = corpus.num_samples[indices]
     capped = np.minimum(lengths, config.max_sample_size)
-    if config.mode == "crop":
-        width = int(capped.min())
-        rows = np.full(indices.size, width, dtype=np.int64)
-    else:
-        rows = capped
-        width = int(math.ceil(int(capped.max()) / config.pad_to_multiple_of) * config.pad_to_multiple_of)
+    width = batch_width(capped, config)
+    rows = np.full(indices.size, width, dtype=np.int64) if config.mode == "crop" else capped
     starts = (rng.random(indices.size) * (lengths - rows + 1)).astype(np.int64)
     values = np.zeros((indices.size, width), dtype=np.float32)
     for k, index in enumerate(indices.tolist()):

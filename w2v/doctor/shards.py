@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from w2v.data.collate import batch_width
 from w2v.data.plan import BatchConfig, plan_batches
 from w2v.doctor.findings import Finding, error, ok, warning
 from w2v.shards.inspect import utterance_seconds
@@ -117,7 +118,7 @@ def _waste(seconds: np.ndarray, batch: BatchConfig, sample_rate: int) -> Finding
     lost = 0
     for indices in plan_batches(samples, batch, 0, 0):
         rows = capped[indices]
-        lost += int((rows - rows.min()).sum()) if batch.mode == "crop" else int((rows.max() - rows).sum())
+        lost += int(np.abs(rows - batch_width(rows, batch)).sum())  # cropped away, or padding
     lost += int((samples - capped).sum())  # cropped to max_sample_seconds in either mode
     share = lost / max(int(samples.sum()), 1)
     if share > WASTE_SHARE:
