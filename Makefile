@@ -59,6 +59,8 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/finetune.py
+	if $(BIN)/python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
+		$(BIN)/python benchmarks/gpu.py && PYTHON=$(BIN)/python bash benchmarks/gpu_checks.sh; fi
 
 clean:
 	rm -rf $(VENV) demo bench-out .mypy_cache .ruff_cache .pytest_cache

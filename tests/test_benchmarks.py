@@ -32,3 +32,9 @@ def test_the_training_benchmark_prints_its_ratios_as_json() -> None:
     assert result["benchmark"] == "train"
     assert set(result["ours_vs_seed"]) == {"ours_inline", "ours_1_worker"}
     assert all(value > 0 for value in result["audio_seconds_per_second"].values())
+
+
+def test_the_gpu_benchmark_refuses_in_one_line_without_a_gpu() -> None:
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr
