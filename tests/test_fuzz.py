@@ -119,6 +119,8 @@ def test_a_manifest_file_of_random_bytes_is_a_manifest_error(
             "--task",
         ),
         (["--log-level", "chatty", "doctor"], "--log-level"),
+        (["prepare", "x", "--out", "y", "--storage-options", "{endpoint: 1"], "--storage-options"),
+        (["upload", "x", "s3://b/k", "--storage-options", "[1, 2]", "--endpoint-url", "http://h"], "--storage-options"),
     ],
 )
 def test_a_bad_command_line_value_gets_one_line_naming_the_option(argv: list[str], option: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from w2v.cli.root import app, console, fail
+from w2v.cli.root import app, console, fail, parse_storage_options
 from w2v.errors import W2VError
 
 
@@ -55,7 +55,7 @@ def upload(
     """Upload a folder, read every file back to check its sha256, then write _UPLOAD_COMPLETE.json."""
     from w2v.upload import RetryPolicy, upload_folder
 
-    options: dict[str, Any] = json.loads(storage_options) if storage_options else {}
+    options: dict[str, Any] = parse_storage_options(storage_options) or {}
     if endpoint_url:
         options["endpoint_url"] = endpoint_url
     try:

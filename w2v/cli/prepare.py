@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from w2v.cli.root import app, console, fail, offline_prefect_defaults
+from w2v.cli.root import app, console, fail, offline_prefect_defaults, parse_storage_options
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
 
@@ -45,11 +44,11 @@ def prepare(
     ] = None,
 ) -> None:
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
+    options = parse_storage_options(storage_options)  # bad input fails before the heavy imports
     offline_prefect_defaults()
     from flows.prepare_corpus import prepare_corpus
     from w2v.prepare.filters import QualityThresholds
 
-    options: dict[str, Any] | None = json.loads(storage_options) if storage_options else None
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
     if not measure:
         thresholds = QualityThresholds(None, None, None, None)

@@ -3,10 +3,11 @@ one-line failures (exit 2) and Prefect's offline settings. Command modules regis
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -40,3 +41,16 @@ def offline_prefect_defaults() -> None:
 def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     raise typer.Exit(2)
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    """--storage-options: a JSON object of fsspec options, or a one-line failure naming the option."""
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        fail(f'--storage-options: not JSON ({error}); expected an object like \'{{"endpoint_url": "http://…"}}\'')
+    if not isinstance(options, dict):
+        fail(f"--storage-options: expected a JSON object of fsspec options, got {type(options).__name__}")
+    return options
