@@ -25,7 +25,7 @@ def shards_verify(folder: Annotated[Path, typer.Argument(help="A folder made by 
 
     problems = verify(folder)
     for problem in problems:
-        console.print(f"[red]✗[/] {problem}", highlight=False)
+        console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)  # a line per problem
     if problems:
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {folder}: every shard matches the manifest")
