@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from transformers import Wav2Vec2ForPreTraining
 
 from tests.data.shard_folders import write_shard_folder
-from w2v.data.corpus import ShardCorpus, split_held_out
+from w2v.data.corpus import ShardCorpus, split_held_out, split_key
 from w2v.data.loader import LoaderConfig
 from w2v.errors import W2VError
 from w2v.train.config import TrainConfig
@@ -53,6 +53,13 @@ def test_held_out_recordings_never_reach_training_and_stay_held_out(shards: Path
     assert split_held_out(corpus, 0.0) == (corpus, None)
     with pytest.raises(W2VError, match="takes every recording"):
         split_held_out(corpus.subset(np.flatnonzero(corpus.source_position < 0.3)), 0.3)
+
+
+def test_the_split_follows_the_recording_not_where_the_corpus_lies() -> None:
+    assert split_key("/data/corpus/ep12/seg_0001.wav") == split_key("s3://bucket/corpus/ep12/seg_0001.wav")
+    assert split_key("/mnt/other/ep12/seg_0001.wav") == "ep12/seg_0001.wav"
+    assert split_key("gs://b/x/ep13/seg_0001.wav?generation=3") == "ep13/seg_0001.wav"
+    assert split_key("seg_0001.wav") == "seg_0001.wav"
 
 
 def test_validation_is_logged_the_best_model_is_kept_and_evaluation_repeats_exactly(

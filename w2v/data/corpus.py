@@ -60,8 +60,8 @@ class ShardCorpus:
         self.shard = np.concatenate(shards)
         self.batch = np.concatenate(batches)
         self.row = np.concatenate(rows).astype(np.int32)
-        # Where each utterance's recording falls in [0, 1): a stable hash of its source URI, so that a split
-        # by it keeps the pieces of one recording together and stays put as the corpus grows.
+        # Where each utterance's recording falls in [0, 1): a stable hash of its source (`split_key`), so that
+        # a split by it keeps the pieces of one recording together and stays put as the corpus grows.
         self.source_position = np.concatenate(sources)
         self._open: dict[int, _OpenShard] = {}
         self._pid = os.getpid()
@@ -125,8 +125,19 @@ class ShardCorpus:
         return state
 
 
+def split_key(source: str) -> str:
+    """What the held-out split hashes of a source URI: its last two path parts ("episode12/seg_0001.wav").
+
+    Not the whole URI: the same recordings prepared from another folder, disk or bucket split the same way.
+    The parent folder keeps recordings of the same name in different folders apart."""
+    path = source.split("://", 1)[-1].split("?", 1)[0].rstrip("/")
+    return "/".join(path.split("/")[-2:])
+
+
 def _source_positions(sources: list[str]) -> np.ndarray:
-    positions = {s: int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "big") / 2.0**64 for s in set(sources)}
+    positions = {
+        s: int.from_bytes(hashlib.sha256(split_key(s).encode()).digest()[:8], "big") / 2.0**64 for s in set(sources)
+    }
     return np.array([positions[s] for s in sources], dtype=np.float64)
 
 
