@@ -18,7 +18,9 @@ console = Console(stderr=True)
 
 @app.callback()
 def _logging(
-    log_level: Annotated[str, typer.Option(help="Messages of w2v's library code: debug, info, warning.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="Messages of w2v's library code: debug, info, warning, error.")
+    ] = "info",
 ) -> None:
     """w2v: raw speech corpus to pretrained wav2vec 2.0."""
     level = logging.getLevelName(log_level.upper())
