@@ -34,6 +34,12 @@ def doctor(
     from w2v.doctor.shards import diagnose_shards
     from w2v.train.config import TrainConfig
 
+    if target is not None and (corpus is not None or data_dir is not None):
+        fail("--corpus and --data-dir are for the machine check: run `w2v doctor --corpus …` without a target")
+    if corpus is not None and not corpus.is_dir():
+        fail(f"--corpus {corpus}: not a folder")
+    if config is not None and (target is None or not (target / "manifest.json").is_file()):
+        fail("--config judges a shard folder's batches: give a shard folder as the target")
     try:
         if target is None:
             size = sum(f.stat().st_size for f in corpus.rglob("*") if f.is_file()) if corpus else None
