@@ -42,6 +42,13 @@ class Prepared:
     config: PrepareConfig
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Shard caches and verification records of the whole session (and its subprocesses) in a tmp folder,
+    never in the user's ~/.cache."""
+    os.environ["W2V_CACHE_DIR"] = str(tmp_path_factory.mktemp("w2v-cache"))
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     root = tmp_path_factory.mktemp("corpus")

@@ -38,3 +38,19 @@ def test_the_gpu_benchmark_refuses_in_one_line_without_a_gpu() -> None:
     done = subprocess.run([sys.executable, "benchmarks/gpu.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr
+
+
+def test_the_shard_check_benchmark_prints_its_figures_as_json() -> None:
+    command = [sys.executable, "benchmarks/verify.py", "--gb", "0.02", "--shard-mb", "5", "--small-shards", "20"]
+    done = subprocess.run(
+        [*command, "--repeat", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "verify" and result["shards"] == 4
+    assert result["ours_vs_anchor_warm"] > 0 and set(result["first_check_gb_per_s_by_threads_warm"]) == {
+        "1",
+        "2",
+        "3",
+        "4",
+    }
+    assert 0 < result["second_start_small_shards_seconds"] < 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import s3fs
 
+import w2v.shards.verify
 from tests.data.shard_folders import write_shard_folder
 from tests.servers import S3Server, moto_s3_server
 from w2v.data.corpus import ShardCorpus
@@ -21,6 +23,11 @@ from w2v.shards.manifest import read_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 LENGTHS = [8000 + 311 * k for k in range(60)]
+
+
+@pytest.fixture(autouse=True)
+def user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("W2V_CACHE_DIR", str(tmp_path / "user-cache"))  # records of checked shards go there
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +101,35 @@ def test_the_default_cache_follows_the_environment(monkeypatch: pytest.MonkeyPat
     assert default_cache_dir() == tmp_path / "xdg" / "w2v" / "shards"
     monkeypatch.setenv("W2V_CACHE_DIR", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_staged_shards_are_not_hashed_again_and_a_cache_damaged_at_rest_is_fetched_again(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_shard_folder(tmp_path / "local", LENGTHS, rows_per_shard=20)
+    _upload(s3, folder, "at-rest")
+    cache = tmp_path / "cache"
+    hashed: list[Path] = []
+    real = w2v.shards.verify.sha256_file
+
+    def spy(path: Path, block_bytes: int = 8 << 20) -> str:
+        hashed.append(Path(path))
+        return real(path, block_bytes)
+
+    monkeypatch.setattr(w2v.shards.verify, "sha256_file", spy)
+
+    staged = stage_shards("s3://at-rest/corpus", cache, s3.storage_options)
+    assert staged.hashed_bytes == 0 and stage_shards(str(staged.folder), cache).hashed_bytes == 0  # as the flow
+    assert hashed == []  # hashed once, on arrival
+
+    entry = read_manifest(folder).shards[1]
+    damaged = bytearray((staged.folder / entry.path).read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    time.sleep(0.05)  # past the file system's timestamp tick
+    (staged.folder / entry.path).write_bytes(bytes(damaged))
+    with pytest.raises(ShardError, match=r"run w2v shards verify"):
+        stage_shards(str(staged.folder), cache)
+    again = stage_shards("s3://at-rest/corpus", cache, s3.storage_options)
+    assert again.fetched_bytes == entry.bytes
+    assert (again.folder / entry.path).read_bytes() == (folder / entry.path).read_bytes()
+    assert stage_shards(str(again.folder), cache).hashed_bytes == 0

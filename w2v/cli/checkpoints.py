@@ -29,6 +29,13 @@ def evaluate(
     probe_layer: Annotated[
         int, typer.Option(help="Hidden state the probes read: 0 the transformer's input, k block k, -1 the last.")
     ] = -1,
+    verify_shards: Annotated[
+        bool,
+        typer.Option(
+            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
+            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
+        ),
+    ] = True,
 ) -> None:
     """Validation loss, contrastive accuracy and perplexity on the held-out recordings, as JSON; where the
     shards carry speaker or label, linear probe accuracy on frozen features ("probe")."""
@@ -38,7 +45,14 @@ def evaluate(
     model_dir = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint
     try:
         probe_config = ProbeConfig(layer=probe_layer) if probe else None
-        result = evaluate_checkpoint(model_dir, shards, cache_dir=cache_dir, val_share=val_share, probe=probe_config)
+        result = evaluate_checkpoint(
+            model_dir,
+            shards,
+            cache_dir=cache_dir,
+            val_share=val_share,
+            probe=probe_config,
+            verify_shards=verify_shards,
+        )
     except W2VError as error:
         fail(str(error))
     print(json.dumps(result.as_record(prefix=""), indent=1))

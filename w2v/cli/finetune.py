@@ -30,6 +30,13 @@ def finetune(
     ),
     resume: Annotated[str, typer.Option(help="auto (newest checkpoint), never, or a checkpoint folder.")] = "auto",
     workers: Annotated[int, typer.Option(help="Loader worker processes.")] = 2,
+    verify_shards: Annotated[
+        bool,
+        typer.Option(
+            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
+            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
+        ),
+    ] = True,
 ) -> None:
     """Fine-tune a pretrained checkpoint for ASR (CTC), classification or speaker identification."""
     from w2v.data.loader import LoaderConfig
@@ -43,7 +50,14 @@ def finetune(
     try:
         settings = FinetuneConfig.from_yaml(task, config, overrides)
         result = run_finetuning(
-            settings, pretrained, train, valid, output, resume=resume, loader=LoaderConfig(num_workers=workers)
+            settings,
+            pretrained,
+            train,
+            valid,
+            output,
+            resume=resume,
+            loader=LoaderConfig(num_workers=workers),
+            verify_shards=verify_shards,
         )
     except W2VError as error:
         fail(str(error))

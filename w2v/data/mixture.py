@@ -43,11 +43,16 @@ def parse_shards_arg(arg: str) -> ShardsArg:
 
 
 def open_corpora(
-    args: Sequence[str], cache_dir: Path, storage_options: dict[str, Any] | None = None
+    args: Sequence[str],
+    cache_dir: Path,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    verify: bool = True,
 ) -> tuple[list[ShardCorpus], list[float]]:
-    """Stage (when remote) and open every --shards argument; returns the corpora and their weights."""
+    """Stage (when remote), check against the manifest (unless `verify` is False: fast and unsafe) and open
+    every --shards argument; returns the corpora and their weights. Every folder is checked before any opens."""
     if not args:
         raise W2VError("no --shards given: name at least one folder w2v prepare wrote")
     parsed = [parse_shards_arg(a) for a in args]
-    corpora = [ShardCorpus(stage_shards(p.location, cache_dir, storage_options).folder) for p in parsed]
-    return corpora, [p.weight for p in parsed]
+    folders = [stage_shards(p.location, cache_dir, storage_options, verify=verify).folder for p in parsed]
+    return [ShardCorpus(folder) for folder in folders], [p.weight for p in parsed]

@@ -1,30 +1,33 @@
-"""Bring shards at an fsspec URL (s3://…) into a local cache, checked against the manifest, before training.
+"""Shards at an fsspec URL (s3://…) brought into a local cache, and local shard folders, checked against
+their manifest before training reads them.
 
-Each shard is downloaded to `NAME.part` (appending, so an interrupted staging resumes where it stopped),
+A local folder is checked in place (w2v.data.integrity: size and sha256, once per file state). Each remote
+shard is downloaded to `NAME.part` (appending, so an interrupted staging resumes where it stopped),
 checked against the manifest's size and sha256, and renamed into place; a shard that fails the check is
 fetched once more from scratch, then refused. The manifest is written last, so a cache folder with a
 manifest is complete. Shards the new manifest no longer names are removed. One stager per cache folder.
-"""
+Shards hashed on arrival are recorded as checked; those an earlier staging fetched are checked at rest like
+a local folder's (free when on record), and one found damaged is fetched again."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from w2v.data.integrity import check_local_shards, check_shards, exclusive, remember_checked
 from w2v.errors import ShardError
 from w2v.shards.manifest import MANIFEST_NAME, ShardEntry, manifest_from_json, write_text_atomic
 from w2v.shards.table import sha256_file
 from w2v.storage import is_url
 
+logger = logging.getLogger("w2v.data")
 BLOCK_BYTES = 8 << 20
 VERIFIED_SUFFIX = ".sha256"
 
@@ -34,25 +37,51 @@ def default_cache_dir() -> Path:
     (~/.cache/w2v/shards). Each URL gets its own locked subfolder, so runs may share it."""
     if os.environ.get("W2V_CACHE_DIR"):
         return Path(os.environ["W2V_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "w2v" / "shards"
+    return _user_cache() / "shards"
+
+
+def default_records_dir() -> Path:
+    """Where the records of checked shard folders are kept: $W2V_CACHE_DIR/verified, else
+    $XDG_CACHE_HOME/w2v/verified (~/.cache/w2v/verified)."""
+    if os.environ.get("W2V_CACHE_DIR"):
+        return Path(os.environ["W2V_CACHE_DIR"]) / "verified"
+    return _user_cache() / "verified"
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "w2v"
 
 
 @dataclass(frozen=True)
 class Staged:
     folder: Path
     fetched_bytes: int  # downloaded by this call (0 when the cache was complete)
-    shards: int
+    shards: int  # staged from a URL (0 for a local folder)
+    hashed_bytes: int = 0  # hashed at rest by this call to check shards not yet on record (not the downloads)
 
 
-def stage_shards(location: str, cache_dir: Path, storage_options: dict[str, Any] | None = None) -> Staged:
-    """A local folder with the shards of `location`: the folder itself, or a checked copy of a URL's shards."""
+def stage_shards(
+    location: str,
+    cache_dir: Path,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    verify: bool = True,
+    records_dir: Path | None = None,
+) -> Staged:
+    """A local folder with the shards of `location`: the folder itself, or a copy of a URL's shards, checked
+    against the manifest unless `verify` is False (downloads are checked always). Raises ShardError naming
+    the first shard that differs."""
+    records = records_dir or default_records_dir()
     if not is_url(location):
-        return Staged(Path(location), 0, 0)
+        folder = Path(location)
+        hashed = check_local_shards(folder, records).hashed_bytes if verify else 0
+        return Staged(folder, 0, 0, hashed)
     fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
     root = root.rstrip("/")
     local = Path(cache_dir) / hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
     local.mkdir(parents=True, exist_ok=True)
-    with _exclusive(local):
+    hashed = 0
+    with exclusive(local / ".lock"):
         try:
             text = fs.cat_file(f"{root}/{MANIFEST_NAME}").decode()
         except FileNotFoundError:
@@ -60,23 +89,31 @@ def stage_shards(location: str, cache_dir: Path, storage_options: dict[str, Any]
                 f"{location}: no {MANIFEST_NAME} there; point --shards at a folder w2v prepare wrote"
             ) from None
         manifest = manifest_from_json(json.loads(text), location)
+        if verify:  # shards fetched by an earlier staging: fetch again any damaged since
+            on_disk = [entry for entry in manifest.shards if _marked(local / entry.path, entry)]
+            at_rest = check_shards(local, on_disk, records)
+            hashed = at_rest.hashed_bytes
+            for name, problem in zip(at_rest.damaged, at_rest.problems, strict=True):
+                logger.warning("%s; fetching it again from %s", problem, location)
+                (local / (name + VERIFIED_SUFFIX)).unlink(missing_ok=True)
+        arriving = [entry for entry in manifest.shards if not _marked(local / entry.path, entry)]
         fetched = 0
         for entry in manifest.shards:
             fetched += fetch_shard(fs, f"{root}/{entry.path}", local / entry.path, entry, location)
         write_text_atomic(local / MANIFEST_NAME, text)
+        remember_checked(local, arriving, records)
         keep = {entry.path for entry in manifest.shards}
         for path in local.glob("*.arrow"):
             if path.name not in keep:
                 path.unlink()
                 path.with_name(path.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
         (local / "SOURCE").write_text(location + "\n")
-    return Staged(local, fetched, len(manifest.shards))
+    return Staged(local, fetched, len(manifest.shards), hashed)
 
 
 def fetch_shard(fs: Any, remote: str, target: Path, entry: ShardEntry, location: str) -> int:
     """Make `target` a checked copy of `remote`; returns the bytes downloaded."""
-    marker = target.with_name(target.name + VERIFIED_SUFFIX)
-    if marker.exists() and marker.read_text().strip() == entry.sha256 and _size(target) == entry.bytes:
+    if _marked(target, entry):
         return 0
     fetched = 0
     for attempt in range(2):
@@ -87,7 +124,7 @@ def fetch_shard(fs: Any, remote: str, target: Path, entry: ShardEntry, location:
         digest = sha256_file(part)
         if part.stat().st_size == entry.bytes and digest == entry.sha256:
             os.replace(part, target)
-            marker.write_text(entry.sha256 + "\n")
+            target.with_name(target.name + VERIFIED_SUFFIX).write_text(entry.sha256 + "\n")
             return fetched
     part.unlink(missing_ok=True)
     raise ShardError(
@@ -110,16 +147,8 @@ def _download(fs: Any, remote: str, part: Path) -> int:
     return fetched
 
 
-def _size(path: Path) -> int | None:
-    return path.stat().st_size if path.exists() else None
-
-
-@contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """Wait for any other process staging into the same cache folder (ranks of one node stage once)."""
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _marked(target: Path, entry: ShardEntry) -> bool:
+    """Whether an earlier staging fetched and checked `target` (its marker names the manifest's sha256)."""
+    marker = target.with_name(target.name + VERIFIED_SUFFIX)
+    size = target.stat().st_size if target.exists() else None
+    return marker.exists() and marker.read_text().strip() == entry.sha256 and size == entry.bytes

@@ -77,14 +77,15 @@ def finetune(
     cache_dir: Path | None = None,
     storage_options: dict[str, Any] | None = None,
     loader: LoaderConfig | None = None,
+    verify_shards: bool = True,
 ) -> FinetuneResult:
     run_dir = Path(run_dir)
     transformers.utils.logging.disable_progress_bar()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     cache = cache_dir or run_dir / "shard-cache"
     with accelerator.main_process_first():
-        train_corpora, _ = open_corpora(list(train), cache, storage_options)
-        valid_corpora, _ = open_corpora(list(valid), cache, storage_options)
+        train_corpora, _ = open_corpora(list(train), cache, storage_options, verify=verify_shards)
+        valid_corpora, _ = open_corpora(list(valid), cache, storage_options, verify=verify_shards)
     sample_rate = config.batch.sample_rate
 
     # --- labels ------------------------------------------------------------------------------------------

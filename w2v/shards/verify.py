@@ -28,7 +28,7 @@ def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
     all_read = True
     for entry in manifest.shards:
         path = folder / entry.path
-        problem = _file_problem(path, entry.bytes, entry.sha256)
+        problem = file_problem(path, entry.bytes, entry.sha256)
         if problem is None:
             try:
                 table = read_stream(path)
@@ -53,7 +53,9 @@ def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
         )
 
 
-def _file_problem(path: Path, expected_bytes: int, expected_sha256: str) -> str | None:
+def file_problem(path: Path, expected_bytes: int, expected_sha256: str) -> str | None:
+    """One line naming `path` when it is missing, of another size (found without reading it) or of another
+    sha256; None when it matches."""
     if not path.is_file():
         return f"{path}: missing"
     size = path.stat().st_size

@@ -122,13 +122,15 @@ def evaluate_checkpoint(
     storage_options: dict[str, Any] | None = None,
     val_share: float | None = None,
     probe: ProbeConfig | None = None,
+    verify_shards: bool = True,
 ) -> Evaluation:
     """Evaluate a from_pretrained folder on the held-out recordings of `shards` (the run's config, if the
     checkpoint has one beside it, decides the split, the batches and the seed).
 
     With `probe`, also a linear probe for each of speaker and label the shards carry, on the checkpoint and on
     a random initialization of it. Probes use every labelled utterance of `shards`, held out or not: they ask
-    what the frozen features encode, and split the utterances themselves."""
+    what the frozen features encode, and split the utterances themselves. The shards are checked against
+    their manifest first, unless `verify_shards` is False."""
     from transformers import Wav2Vec2ForPreTraining
 
     from w2v.data.corpus import split_held_out
@@ -149,7 +151,7 @@ def evaluate_checkpoint(
     if probe is not None:
         hidden_state_index(model.config, probe.layer)  # a bad layer fails before any work
     # Not inside the checkpoint: a model folder that gets uploaded must not carry a copy of the corpus.
-    corpora, _ = open_corpora(list(shards), cache_dir or default_cache_dir(), storage_options)
+    corpora, _ = open_corpora(list(shards), cache_dir or default_cache_dir(), storage_options, verify=verify_shards)
     held_out = [held for _, held in (split_held_out(c, config.val_share) for c in corpora) if held is not None]
     if not held_out:
         raise W2VError(f"no held-out recordings with val_share={config.val_share}; raise it (--val-share 0.2)")

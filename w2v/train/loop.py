@@ -60,9 +60,11 @@ def pretrain(
     loader: LoaderConfig | None = None,
     accelerator: Accelerator | None = None,
     on_step: Callable[[int, StepResult], None] | None = None,
+    verify_shards: bool = True,
 ) -> PretrainResult:
     """Train (or go on training) into `run_dir`; `on_step(step, result)` is called after each update on the
-    main process (the command line draws its progress bar with it)."""
+    main process (the command line draws its progress bar with it). Every shard is checked against its
+    manifest before step 1 (`verify_shards=False` skips it: fast and unsafe)."""
     started = time.monotonic()
     run_dir = Path(run_dir)
     transformers.utils.logging.disable_progress_bar()
@@ -104,7 +106,8 @@ def pretrain(
         if config.compile:
             model = torch.compile(model)
         with accelerator.main_process_first():  # one rank per node stages remote shards
-            corpora, weights = open_corpora(shards, cache_dir or run_dir / "shard-cache", storage_options)
+            cache = cache_dir or run_dir / "shard-cache"
+            corpora, weights = open_corpora(shards, cache, storage_options, verify=verify_shards)
         splits = [split_held_out(corpus, config.val_share) for corpus in corpora]
         corpora = [train for train, _ in splits]
         held_out = [held for _, held in splits if held is not None]
