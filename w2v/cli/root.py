@@ -7,10 +7,15 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any, NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from flows.prefect_api import PrefectApi
 
 app = typer.Typer(help="w2v: raw speech corpus to pretrained wav2vec 2.0.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -40,7 +45,31 @@ def offline_prefect_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+@contextmanager
+def prefect_api() -> Iterator[PrefectApi]:
+    """The Prefect API for a command that runs flows (flows.prefect_api): a temporary server starts now, beside
+    the command's imports; call `ready()` on it before any output. Its failures end the command in one line."""
+    offline_prefect_defaults()
+    from flows.prefect_api import prefect_api as api_for_flows
+    from w2v.errors import W2VError
+
+    try:
+        with api_for_flows() as api:
+            if api.first_start:
+                console.print(
+                    "Starting Prefect's temporary server; the first start on this PREFECT_HOME creates its "
+                    "database (up to a minute on a busy machine).",
+                    highlight=False,
+                )
+            yield api
+    except W2VError as error:
+        fail(str(error))
+
+
 def fail(message: str) -> NoReturn:
+    """Print `message` on one line (with the traceback under --log-level debug) and exit with status 2."""
+    if sys.exc_info()[0] is not None and logging.getLogger("w2v").isEnabledFor(logging.DEBUG):
+        console.print_exception()
     console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never wrapped
     raise typer.Exit(2)
 
@@ -55,4 +84,10 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
         fail(f'--storage-options: not JSON ({error}); expected an object like \'{{"endpoint_url": "http://…"}}\'')
     if not isinstance(options, dict):
         fail(f"--storage-options: expected a JSON object of fsspec options, got {type(options).__name__}")
+    from w2v.storage import credential_keys
+
+    if found := credential_keys(options):  # a command line is visible to every user of the machine
+        from w2v.storage import SAFE_CREDENTIALS
+
+        fail(f"--storage-options: {', '.join(found)} must not be given on the command line; {SAFE_CREDENTIALS}")
     return options

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from w2v.cli.root import app, console, fail, offline_prefect_defaults
+from w2v.cli.root import app, console, fail, offline_prefect_defaults, prefect_api
 from w2v.errors import W2VError
 
 
@@ -23,14 +23,14 @@ def serve(
     limit: Annotated[int | None, typer.Option(help="Flow runs at a time from this process.")] = None,
 ) -> None:
     """Serve prepare-corpus/default and pretrain/nightly (all of prefect.yaml) from this one process."""
-    offline_prefect_defaults()
-    from flows.deployments import PREFECT_YAML, read_specs, serve_deployments
+    with prefect_api() as api:  # the server PREFECT_API_URL names, or a temporary one for this process
+        from flows.deployments import PREFECT_YAML, read_specs, serve_deployments
 
-    _set_deployment_variables(data, timezone)
-    try:
-        serve_deployments(read_specs(deployments or PREFECT_YAML), limit=limit)
-    except W2VError as error:
-        fail(str(error))
+        _set_deployment_variables(data, timezone)
+        specs = read_specs(deployments or PREFECT_YAML)
+        api.ready()
+        console.print(f"serving {len(specs)} deployments through the Prefect API at {api.url}", soft_wrap=True)
+        serve_deployments(specs, limit=limit)
 
 
 @app.command()
