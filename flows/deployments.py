@@ -23,6 +23,7 @@ from prefect.schedules import Cron, Schedule
 
 from flows.pretrain import TRAINING_TAG
 from w2v.errors import W2VError
+from w2v.storage import refuse_credentials
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
@@ -104,6 +105,8 @@ def read_specs(path: Path = PREFECT_YAML, variables: Mapping[str, str] | None = 
             )
         except (KeyError, TypeError) as error:
             raise W2VError(f"{path}: deployment {raw.get('name', '?')!r} is missing {error}") from error
+        options = specs[-1].parameters.get("storage_options")
+        refuse_credentials(options if isinstance(options, Mapping) else None, f"{path}: {specs[-1].name}")
     return specs
 
 

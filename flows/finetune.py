@@ -1,8 +1,8 @@
 """finetune: a pretrained checkpoint + labelled shards → a fine-tuned model transformers' pipelines load.
 
-stage shards (remote ones into a local cache, checked) → fine-tune (`accelerate launch`, its log streamed
-into the flow run; a retry resumes from the newest checkpoint) → upload the best model → publish a report.
-"""
+stage shards (remote ones into a local cache; every shard checked against its manifest) → fine-tune
+(`accelerate launch`, its log streamed into the flow run; a retry resumes from the newest checkpoint) →
+upload the best model → publish a report."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from prefect import flow, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.credentials import StorageAccess, StorageOptions
 from flows.pretrain import TRAINING_TAG, stage, train, upload
 from w2v.shards.manifest import write_text_atomic
 from w2v.train.metrics import read_metrics
@@ -51,21 +52,28 @@ def finetune_flow(
     config: str | None = None,
     overrides: list[str] | None = None,
     upload_to: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions = None,
+    credentials_block: str | None = None,
     loader_workers: int = 2,
     concurrency_tag: str = TRAINING_TAG,
+    verify_shards: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune PRETRAINED for TASK (ctc, classify, speaker) on labelled shards into OUTPUT, then upload the
-    best model (to OUTPUT/uploaded unless `upload_to` is given)."""
+    best model (to OUTPUT/uploaded unless `upload_to` is given). Shards are checked against their manifest
+    first, once per file state; `verify_shards=False` skips that (fast, unsafe). Storage credentials come
+    from the environment or the Secret block `credentials_block`, never from `storage_options`."""
+    storage = StorageAccess(storage_options, credentials_block).check()
     run_dir = Path(output)
-    staged_train = stage(train_shards, run_dir / "shard-cache", storage_options)
-    staged_valid = stage(valid_shards, run_dir / "shard-cache", storage_options)
-    command = finetune_command(task, pretrained, staged_train, staged_valid, run_dir, config, overrides or [])
+    staged_train = stage(train_shards, run_dir / "shard-cache", storage, verify_shards)
+    staged_valid = stage(valid_shards, run_dir / "shard-cache", storage, verify_shards)
+    command = finetune_command(
+        task, pretrained, staged_train, staged_valid, run_dir, config, overrides or [], verify_shards=verify_shards
+    )
     command += ["--workers", str(loader_workers)]
     with tags(concurrency_tag):
         train(command)
     best = run_dir / "best"
-    uploaded = upload(best, upload_to or str(run_dir / "uploaded"), storage_options)
+    uploaded = upload(best, upload_to or str(run_dir / "uploaded"), storage)
     report = publish_report(run_dir, task, {"uploaded to": uploaded["url"]})
     return {"run": str(run_dir), "best": str(best / "model"), "upload": uploaded, "report": str(report)}
 
@@ -78,6 +86,8 @@ def finetune_command(
     run_dir: Path,
     config: str | None,
     overrides: list[str],
+    *,
+    verify_shards: bool = True,
 ) -> list[str]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
     command += ["--dynamo_backend", "no", "--mixed_precision", "no", "-m", "w2v", "finetune", "--task", task]
@@ -90,4 +100,6 @@ def finetune_command(
         command += ["--config", config]
     for item in overrides:
         command += ["--set", item]
+    if not verify_shards:
+        command.append("--no-verify-shards")
     return command

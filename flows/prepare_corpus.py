@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.credentials import StorageAccess, StorageOptions
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
@@ -37,9 +38,9 @@ def plan(
     out: Path,
     config: PrepareConfig,
     metadata: Path | None,
-    storage_options: dict[str, Any] | None,
+    storage: StorageAccess,
 ) -> RunPlan:
-    run_plan = plan_run(sources, out, config, metadata, storage_options)
+    run_plan = plan_run(sources, out, config, metadata, storage.options())
     get_run_logger().info(
         "%d files listed, %d unchanged, %d to decode in %d chunks",
         run_plan.listed,
@@ -69,8 +70,13 @@ def staged_chunk_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     retries=2,
     retry_delay_seconds=10,
 )
-def decode_chunk(chunk: Chunk, config: PrepareConfig, staging: Path, storage_options: dict[str, Any] | None) -> Path:
-    return process_chunk_isolated(chunk, config, staging, storage_options)
+def decode_chunk(
+    chunk: Chunk,
+    config: PrepareConfig,
+    staging: Path,
+    storage: StorageAccess,
+) -> Path:
+    return process_chunk_isolated(chunk, config, staging, storage.options())
 
 
 @task(name="commit", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
@@ -99,7 +105,8 @@ def prepare_corpus(
     files_per_chunk: int = 16,
     workers: int | None = None,
     metadata: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions = None,
+    credentials_block: str | None = None,
     measure_quality: bool = True,
     vad: str = "energy",
     quality: QualityThresholds | None = None,
@@ -109,7 +116,10 @@ def prepare_corpus(
 
     Chunks are decoded by `workers` threads here (each with a child process), or, with `dask_address`
     (tcp://host:8786), by the workers of that Dask cluster, which must see SOURCES and OUT at the same paths.
+    `storage_options` are fsspec options without credentials; those come from the environment or from the
+    Prefect Secret block named `credentials_block`, loaded inside each task that reads storage.
     """
+    storage = StorageAccess(storage_options, credentials_block).check()  # no credentials in storage_options
     started = utc_now()
     config = PrepareConfig(
         sample_rate=sample_rate,
@@ -124,8 +134,8 @@ def prepare_corpus(
     )
     out_dir = Path(out)
     with exclusive_writer(out_dir):
-        run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage_options)
-        decode_all(run_plan, config, workers, storage_options, dask_address)
+        run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage)
+        decode_all(run_plan, config, workers, storage, dask_address)
         manifest = commit(run_plan, config, started)
     publish_report(manifest, out_dir)
     return run_summary(manifest)
@@ -135,7 +145,7 @@ def decode_all(
     run_plan: RunPlan,
     config: PrepareConfig,
     workers: int | None,
-    storage_options: dict[str, Any] | None,
+    storage: StorageAccess,
     dask_address: str | None = None,
 ) -> None:
     """Submit one decode-chunk task per chunk, `workers` at a time (each waits on a child process of its
@@ -150,7 +160,7 @@ def decode_all(
     else:
         runner = ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
     with runner:
-        parameters = {"config": config, "staging": run_plan.staging, "storage_options": storage_options}
+        parameters = {"config": config, "staging": run_plan.staging, "storage": storage}
         futures: list[PrefectFuture[Path]] = [
             runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first
         ]

@@ -1,9 +1,9 @@
 """pretrain: prepared shards → a pretrained wav2vec 2.0 checkpoint, evaluated and uploaded.
 
-stage shards (remote ones into a local cache, checked) → train (`accelerate launch` as a subprocess, its
-log streamed into the flow run; a retry resumes from the newest checkpoint) → evaluate the best model on
-the held-out recordings → upload it (a local folder by default) → publish a training report.
-"""
+stage shards (remote ones into a local cache; every shard checked against its manifest) → train
+(`accelerate launch` as a subprocess, its log streamed into the flow run; a retry resumes from the newest
+checkpoint) → evaluate the best model on the held-out recordings → upload it (a local folder by default)
+→ publish a training report."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.credentials import StorageAccess, StorageOptions
 from w2v.data.mixture import parse_shards_arg
 from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
@@ -34,14 +35,18 @@ REPORT = "report.md"
 
 
 @task(name="stage-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
-def stage(shards: list[str], cache_dir: Path, storage_options: dict[str, Any] | None) -> list[str]:
-    """Local folders for every --shards argument (weights kept), so that training ranks never download."""
+def stage(shards: list[str], cache_dir: Path, storage: StorageAccess, verify: bool = True) -> list[str]:
+    """Local folders for every --shards argument (weights kept), so that training ranks never download;
+    with `verify`, each checked against its manifest (training and evaluation then find it on record)."""
     staged = []
+    options = storage.options()
     for arg in shards:
         parsed = parse_shards_arg(arg)
-        result = stage_shards(parsed.location, cache_dir, storage_options)
+        result = stage_shards(parsed.location, cache_dir, options, verify=verify)
         if result.shards:
             get_run_logger().info("%s: %d shards staged, %d bytes fetched", arg, result.shards, result.fetched_bytes)
+        if result.hashed_bytes:
+            get_run_logger().info("%s: %d bytes of shards checked against the manifest", arg, result.hashed_bytes)
         staged.append(f"{result.folder}:{parsed.weight}")
     return staged
 
@@ -62,18 +67,19 @@ def train(command: list[str]) -> None:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_best(model_dir: Path, shards: list[str]) -> dict[str, Any]:
+def evaluate_best(model_dir: Path, shards: list[str], verify_shards: bool = True) -> dict[str, Any]:
     try:
-        # With linear probes on the speaker and label columns, where the shards carry them.
-        return evaluate_checkpoint(model_dir, shards, probe=ProbeConfig()).as_record()
+        # With linear probes on the speaker and label columns, where the shards carry them. The shards are
+        # on record as checked by the stage task: checking them again costs a stat per shard.
+        return evaluate_checkpoint(model_dir, shards, probe=ProbeConfig(), verify_shards=verify_shards).as_record()
     except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
         get_run_logger().warning("no evaluation: %s", error)
         return {}
 
 
 @task(name="upload", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60)
-def upload(checkpoint: Path, url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    result = upload_folder(checkpoint, url, storage_options)
+def upload(checkpoint: Path, url: str, storage: StorageAccess) -> dict[str, Any]:
+    result = upload_folder(checkpoint, url, storage.options())
     return {"url": result.url, "files": result.files, "bytes_put": result.bytes_put}
 
 
@@ -98,9 +104,11 @@ def pretrain_flow(
     num_processes: int = 1,
     accelerate_config: str | None = None,
     upload_to: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions = None,
+    credentials_block: str | None = None,
     loader_workers: int = 2,
     concurrency_tag: str = TRAINING_TAG,
+    verify_shards: bool = True,
 ) -> dict[str, Any]:
     """Pretrain on SHARDS into OUTPUT (or OUTPUT/RUN_NAME), evaluate, and upload the best (else the last)
     checkpoint. A run folder with checkpoints is resumed from its newest one, over the shards as they are now.
@@ -108,18 +116,24 @@ def pretrain_flow(
     `max_hours` bounds this run (a nightly slot); `upload_to` defaults to RUN/uploaded (a local folder);
     `accelerate_config` is an Accelerate config file (configs/accelerate/); with `num_processes` > 1 and none
     given, one DDP rank per process. Training runs under the task tag `concurrency_tag`: a concurrency limit
-    of 1 on it (`w2v serve` sets one) keeps one training at a time on a machine.
+    of 1 on it (`w2v serve` sets one) keeps one training at a time on a machine. Every shard is checked
+    against its manifest (size, sha256) before training, once per file state; `verify_shards=False` skips
+    that (fast, unsafe). `storage_options` are fsspec options without credentials; those come from the
+    environment or from the Prefect Secret block named `credentials_block`, loaded inside the tasks.
     """
+    storage = StorageAccess(storage_options, credentials_block).check()  # no credentials in storage_options
     run_dir = Path(output) / run_name if run_name else Path(output)
-    staged = stage(shards, run_dir / "shard-cache", storage_options)
+    staged = stage(shards, run_dir / "shard-cache", storage, verify_shards)
     extra = [*(overrides or []), *([f"max_hours={max_hours}"] if max_hours is not None else [])]
-    command = training_command(staged, run_dir, config, extra, num_processes, accelerate_config, loader_workers)
+    command = training_command(
+        staged, run_dir, config, extra, num_processes, accelerate_config, loader_workers, verify_shards=verify_shards
+    )
     with tags(concurrency_tag):
         train(command)
     published = run_dir / BEST if (run_dir / BEST).is_dir() else _last_checkpoint(run_dir)
-    evaluation = evaluate_best(published / "model", staged)
+    evaluation = evaluate_best(published / "model", staged, verify_shards)
     destination = upload_to or str(run_dir / "uploaded" / published.name)
-    uploaded = upload(published, destination, storage_options)
+    uploaded = upload(published, destination, storage)
     report = publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})
     return {
         "run": str(run_dir),
@@ -139,6 +153,8 @@ def training_command(
     num_processes: int,
     accelerate_config: str | None,
     loader_workers: int,
+    *,
+    verify_shards: bool = True,
 ) -> list[str]:
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
@@ -155,6 +171,8 @@ def training_command(
         command += ["--config", str(resolve_config_path(config))]
     for item in overrides:
         command += ["--set", item]
+    if not verify_shards:
+        command.append("--no-verify-shards")
     return command
 
 

@@ -1,10 +1,11 @@
 """docker/: what can be checked without a Docker engine (there is none here): the compose file is wired
-together, the image copies files that exist and installs the versions CI tests, and the S3 settings the worker
-gets reach an S3 server through s3fs."""
+together, holds no password (they come from docker/.env, which git ignores), the image copies files that
+exist and installs the versions CI tests, and the S3 settings the worker gets reach an S3 server through s3fs."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,48 @@ COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 
+ENV_EXAMPLE = ROOT / "docker" / ".env.example"
+# What a user writes into docker/.env.
+USER_ENV = {"W2V_POSTGRES_PASSWORD": "pg-Chosen-By-User", "W2V_MINIO_PASSWORD": "minio-Chosen-By-User"}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
+
+
+def interpolate(text: str, environment: dict[str, str]) -> str:
+    """Compose's interpolation of ${NAME}, ${NAME:-default} and ${NAME:?error}; $$ is a literal $."""
+
+    def value(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if environment.get(name):
+            return environment[name]
+        if kind == "-":
+            return rest
+        raise KeyError(f"{name}: {rest}")
+
+    return _VARIABLE.sub(value, text).replace("$$", "$")
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), USER_ENV))
     return loaded
+
+
+def test_compose_holds_no_password_and_refuses_to_start_without_docker_env() -> None:
+    text = COMPOSE.read_text()
+    for password in ("prefect-db-password", "w2v-secret-key"):  # what it once held
+        assert password not in text
+    required = {m.group(1): m.group(3) for m in _VARIABLE.finditer(text) if m.group(2) == "?"}
+    assert set(required) == set(USER_ENV)
+    assert all("docker/.env" in hint for hint in required.values())  # the one-line hint says what to do
+    with pytest.raises(KeyError, match="W2V_POSTGRES_PASSWORD"):
+        interpolate(text, {})
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line)
+    assert set(required) <= set(example) and not any(example[name] for name in required)
+    ignored = subprocess.run(["git", "check-ignore", "docker/.env"], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.returncode == 0  # a docker/.env with real passwords is never committed
+    assert "**/.env" in (ROOT / ".dockerignore").read_text().split()  # nor copied into the image
+    # mc gets the keys from its environment: a command line is visible to every process of the host.
+    assert "W2V_MINIO_PASSWORD" not in str(yaml.safe_load(text)["services"]["minio-setup"]["command"])
 
 
 def test_compose_services_depend_on_services_and_volumes_that_exist(compose: dict[str, Any]) -> None:
@@ -62,8 +101,14 @@ def test_the_worker_reaches_the_server_and_minio_and_serves_this_projects_pool(c
         minio["MINIO_ROOT_USER"],
         minio["MINIO_ROOT_PASSWORD"],
     )
+    setup = services["minio-setup"]
+    assert (setup["environment"]["MINIO_ROOT_USER"], setup["environment"]["MINIO_ROOT_PASSWORD"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    assert '"$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD"' in setup["command"][0]
     bucket = worker["W2V_UPLOAD_TO"].removeprefix("s3://").split("/")[0]
-    assert f"store/{bucket}" in services["minio-setup"]["command"][0]
+    assert f"store/{bucket}" in setup["command"][0]
     command = " ".join(services["worker"]["command"])
     pools = {m.group(1) for m in re.finditer(r"--pool (\S+)", command)}
     yaml_pools = {d["work_pool"]["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
@@ -91,7 +136,7 @@ def test_the_workers_s3_settings_reach_an_s3_server_through_s3fs(monkeypatch: py
     with moto_s3_server() as server:
         monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "w2v")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "w2v-secret-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", USER_ENV["W2V_MINIO_PASSWORD"])
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir("w2v")
         fs.pipe("w2v/nightly/hello.txt", b"hi")

@@ -36,3 +36,8 @@ class ShardError(W2VError):
 
 class SourceError(W2VError):
     """A source argument (folder, glob, list file, s3:// prefix) cannot be listed."""
+
+
+class CredentialsInOptions(W2VError):
+    """Storage options carry a credential where it would be kept in plain text (a flow parameter, the
+    command line); the message names the keys and the safe ways to give credentials."""

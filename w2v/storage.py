@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
 
-from w2v.errors import SourceError
+from w2v.errors import CredentialsInOptions, SourceError
 
 AUDIO_EXTENSIONS = frozenset(
     {
@@ -33,6 +35,43 @@ class Source:
     size: int
     mtime: float | None = None
     etag: str | None = None
+
+
+# fsspec/s3fs spellings (key, secret, token), botocore's (aws_access_key_id, aws_secret_access_key,
+# aws_session_token), and the generic ones (password, credentials, access_key, secret_key) of other backends.
+CREDENTIAL_NAME_PATTERN = (
+    r"^(key|secret|token)$|(^|_)(secret|token|password|passwd|credentials?)($|_)|access_key|secret_key"
+)
+_CREDENTIAL_NAME = re.compile(CREDENTIAL_NAME_PATTERN, re.IGNORECASE)
+SAFE_CREDENTIALS = (
+    "give credentials through the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE: "
+    "s3fs reads them) or a Prefect Secret block (--credentials-block NAME)"
+)
+
+
+def credential_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the entries of fsspec `options` that hold credentials, nested mappings included
+    (client_kwargs.aws_secret_access_key); [] when there are none."""
+    found = []
+    for name, value in options.items():
+        dotted = f"{prefix}{name}"
+        if _CREDENTIAL_NAME.search(str(name)):
+            found.append(dotted)
+        elif isinstance(value, Mapping):
+            found += credential_keys(value, f"{dotted}.")
+    return found
+
+
+def refuse_credentials(options: Mapping[str, Any] | None, where: str) -> None:
+    """Raises CredentialsInOptions when `options` hold credentials; `where` names the option or parameter.
+
+    Flow parameters are stored by Prefect in plain text and shown in its UI, and command lines are visible
+    to every user of the machine: credentials never travel either way."""
+    found = credential_keys(options or {})
+    if found:
+        raise CredentialsInOptions(
+            f"{where}: {', '.join(found)} would be stored and shown in plain text; {SAFE_CREDENTIALS}"
+        )
 
 
 def is_url(path: str) -> bool:
@@ -108,7 +147,18 @@ def _list_url(url: str, storage_options: dict[str, Any]) -> list[Source]:
         raise SourceError(f"{url}: not found") from error
     except OSError as error:
         raise SourceError(f"{url}: cannot list ({error})") from error
+    except _missing_credentials() as error:
+        raise SourceError(f"{url}: no credentials for this store ({error}); {SAFE_CREDENTIALS}") from None
     return [_url_source(protocol, p, info) for p, info in sorted(infos.items()) if info.get("type") != "directory"]
+
+
+def _missing_credentials() -> tuple[type[Exception], ...]:
+    """botocore's errors for credentials that cannot be found (none when botocore is not installed)."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return ()
+    return (NoCredentialsError, PartialCredentialsError)
 
 
 def _url_source(protocol: str, path: str, info: dict[str, Any]) -> Source:

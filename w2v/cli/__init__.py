@@ -10,7 +10,7 @@ from w2v.cli.root import app
 
 # Imported for their side effect, registering commands; in the order `w2v --help` lists them.
 # isort: off
-from w2v.cli import prepare, shards, pretrain, finetune, checkpoints, doctor, serve  # noqa: F401
+from w2v.cli import prepare, shards, pretrain, finetune, checkpoints, doctor, serve, credentials  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

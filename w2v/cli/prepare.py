@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from w2v.cli.root import app, console, fail, offline_prefect_defaults, parse_storage_options
+from w2v.cli.root import app, console, fail, parse_storage_options, prefect_api
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
 
@@ -31,6 +32,10 @@ def prepare(
     storage_options: Annotated[
         str | None, typer.Option(help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://…"}\'.')
     ] = None,
+    credentials_block: Annotated[
+        str | None,
+        typer.Option(help="A Prefect Secret block holding storage credentials as JSON (w2v credentials NAME)."),
+    ] = None,
     vad: Annotated[str, typer.Option(help="Speech detector: energy (fast) or silero (accurate, ~40x slower).")] = (
         "energy"
     ),
@@ -45,45 +50,56 @@ def prepare(
 ) -> None:
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
     options = parse_storage_options(storage_options)  # bad input fails before the heavy imports
-    offline_prefect_defaults()
-    from flows.prepare_corpus import prepare_corpus
-    from w2v.prepare.filters import QualityThresholds
-
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
-    if not measure:
-        thresholds = QualityThresholds(None, None, None, None)
-    stop = threading.Event()
-    watcher = threading.Thread(target=_show_progress, args=(out, stop), daemon=True)
-    watcher.start()
-    try:
-        summary = prepare_corpus(
-            sources=sources,
-            out=str(out),
-            sample_rate=sample_rate,
-            min_seconds=min_seconds,
-            max_seconds=max_seconds,
-            num_buckets=num_buckets,
-            shard_mb=shard_mb,
-            files_per_chunk=files_per_chunk,
-            workers=workers,
-            metadata=str(metadata) if metadata else None,
-            storage_options=options,
-            measure_quality=measure,
-            vad=vad,
-            quality=thresholds,
-            dask_address=dask_address,
+    with prefect_api() as api:  # a temporary server starts beside the imports below
+        from flows.prepare_corpus import prepare_corpus
+        from w2v.prepare.filters import QualityThresholds
+
+        if not measure:
+            thresholds = QualityThresholds(None, None, None, None)
+        api.ready()  # before any progress output: an API that is not there is one line, not a traceback
+        summary = _run_with_progress(
+            out,
+            lambda: prepare_corpus(
+                sources=sources,
+                out=str(out),
+                sample_rate=sample_rate,
+                min_seconds=min_seconds,
+                max_seconds=max_seconds,
+                num_buckets=num_buckets,
+                shard_mb=shard_mb,
+                files_per_chunk=files_per_chunk,
+                workers=workers,
+                metadata=str(metadata) if metadata else None,
+                storage_options=options,
+                credentials_block=credentials_block,
+                measure_quality=measure,
+                vad=vad,
+                quality=thresholds,
+                dask_address=dask_address,
+            ),
         )
-    except W2VError as error:
-        fail(str(error))
-    finally:
-        stop.set()
-        watcher.join()
     counts, seconds = summary["counts"], summary["seconds"]
     console.print(
         f"[green]{out}[/]: {seconds['in_shards'] / 3600:.2f} h in {counts['utterances']} utterances, "
         f"{counts['shards']} shards; this run decoded {summary['last_run']['files_decoded']} of "
         f"{summary['last_run']['files_listed']} files; rejected: {counts['rejected'] or 'none'}"
     )
+
+
+def _run_with_progress(out: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run()` the flow with a progress bar of files decoded; a W2VError ends the command in one line."""
+    stop = threading.Event()
+    watcher = threading.Thread(target=_show_progress, args=(out, stop), daemon=True)
+    watcher.start()
+    try:
+        return run()
+    except W2VError as error:
+        failure = str(error)
+    finally:
+        stop.set()
+        watcher.join()  # the bar's last line, then the error
+    fail(failure)
 
 
 def _show_progress(out: Path, stop: threading.Event) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from w2v.cli.root import app, console, fail, offline_prefect_defaults
+from w2v.cli.root import app, console, fail, parse_storage_options, prefect_api
 from w2v.errors import W2VError
 
 
@@ -33,6 +33,13 @@ def pretrain(
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+    verify_shards: Annotated[
+        bool,
+        typer.Option(
+            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
+            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
+        ),
+    ] = True,
 ) -> None:
     """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch)."""
     from w2v.data.loader import LoaderConfig
@@ -59,6 +66,7 @@ def pretrain(
                 cache_dir=cache_dir,
                 loader=LoaderConfig(num_workers=workers),
                 on_step=on_step,
+                verify_shards=verify_shards,
             )
     except W2VError as error:
         fail(str(error))
@@ -84,12 +92,27 @@ def pipeline(
         str | None, typer.Option(help="An Accelerate config file (configs/accelerate/).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+    storage_options: Annotated[
+        str | None, typer.Option(help='fsspec options without credentials, e.g. \'{"endpoint_url": "http://…"}\'.')
+    ] = None,
+    credentials_block: Annotated[
+        str | None,
+        typer.Option(help="A Prefect Secret block holding storage credentials as JSON (w2v credentials NAME)."),
+    ] = None,
+    verify_shards: Annotated[
+        bool,
+        typer.Option(
+            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
+            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
+        ),
+    ] = True,
 ) -> None:
     """The pretrain flow, as the nightly deployment runs it: stage → train → evaluate → upload → report."""
-    offline_prefect_defaults()
-    from flows.pretrain import pretrain_flow
+    options = parse_storage_options(storage_options)
+    with prefect_api() as api:  # a temporary server starts beside the import below
+        from flows.pretrain import pretrain_flow
 
-    try:
+        api.ready()
         result = pretrain_flow(
             shards=shards,
             output=str(output),
@@ -101,9 +124,10 @@ def pipeline(
             accelerate_config=accelerate_config,
             upload_to=upload_to,
             loader_workers=workers,
+            verify_shards=verify_shards,
+            storage_options=options,
+            credentials_block=credentials_block,
         )
-    except W2VError as error:
-        fail(str(error))
     console.print(f"[green]{result['run']}[/]: best checkpoint {result['checkpoint']}")
     for name in ("evaluation", "upload"):
         console.print(f"{name}: {json.dumps(result[name])}", soft_wrap=True)
