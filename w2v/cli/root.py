@@ -60,6 +60,7 @@ def prefect_api() -> Iterator[PrefectApi]:
                     "Starting Prefect's temporary server; the first start on this PREFECT_HOME creates its "
                     "database (up to a minute on a busy machine).",
                     highlight=False,
+                    soft_wrap=True,
                 )
             yield api
     except W2VError as error:
