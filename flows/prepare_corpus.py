@@ -19,6 +19,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.credentials import StorageAccess, StorageOptions
+from flows.retries import retry_unless_permanent
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
@@ -32,7 +33,7 @@ from w2v.shards.manifest import Manifest
 # Staging parts make every task idempotent; decode-chunk also shows up as Cached in Prefect when its part is there.
 
 
-@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
 def plan(
     sources: list[str],
     out: Path,

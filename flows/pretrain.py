@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
+from flows.retries import retry_unless_permanent
 from w2v.data.mixture import parse_shards_arg
 from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
@@ -34,7 +35,13 @@ TRAINING_TAG = "w2v-training"
 REPORT = "report.md"
 
 
-@task(name="stage-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+@task(
+    name="stage-shards",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_unless_permanent,
+)
 def stage(shards: list[str], cache_dir: Path, storage: StorageAccess, verify: bool = True) -> list[str]:
     """Local folders for every --shards argument (weights kept), so that training ranks never download;
     with `verify`, each checked against its manifest (training and evaluation then find it on record)."""
@@ -77,7 +84,9 @@ def evaluate_best(model_dir: Path, shards: list[str], verify_shards: bool = True
         return {}
 
 
-@task(name="upload", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60)
+@task(
+    name="upload", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_unless_permanent
+)
 def upload(checkpoint: Path, url: str, storage: StorageAccess) -> dict[str, Any]:
     result = upload_folder(checkpoint, url, storage.options())
     return {"url": result.url, "files": result.files, "bytes_put": result.bytes_put}
