@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -172,7 +173,12 @@ def _spawn_temporary_server() -> tuple[subprocess.Popen[bytes], str, Path]:
     environment.pop("PREFECT_API_URL", None)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
+            preexec_fn=_stop_with_parent,
         )
     return process, f"http://127.0.0.1:{port}/api", log
 
@@ -197,6 +203,16 @@ def _drain_prefect_clients(timeout_seconds: float = 10.0) -> None:
         from prefect.events.worker import EventsWorker
 
         EventsWorker.drain_all(timeout=timeout_seconds)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM when the command that started it dies, even by kill -9
+    (a server left behind would hold its port and PREFECT_HOME's database)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,8 +98,7 @@ def test_temporary_server_slower_than_the_limit_fails_in_one_line_and_is_stopped
     logs = list((tmp_path / "prefect").glob("temporary-server-*.log"))
     assert len(logs) == 1 and str(logs[0]) in last  # kept, and named
     port = logs[0].stem.rsplit("-", 1)[1]
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert f"--port {port}" not in listing  # the server was stopped with the command
+    assert f"--port {port}" not in _processes()  # the server was stopped with the command
 
 
 def test_a_bad_startup_limit_is_one_line(tmp_path: Path) -> None:
@@ -123,3 +123,32 @@ def test_temporary_server_answers_and_is_gone_after_the_block(tmp_path: Path, mo
     assert not list((tmp_path / "prefect").glob("temporary-server-*.log"))  # a clean stop leaves no log
     with prefect_api() as again:
         assert not again.first_start  # the database now exists
+
+
+def test_temporary_server_stops_when_its_command_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    home = tmp_path / "prefect"
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment["PREFECT_HOME"] = str(home)
+    args = [a.format(tmp=tmp_path) for a in COMMANDS["prepare"]]
+    command = subprocess.Popen([*W2V, *args], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60  # the command spawns the server as soon as it has parsed its options
+        while not (logs := list(home.glob("temporary-server-*.log"))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert logs, "no temporary server was started"
+        port = logs[0].stem.rsplit("-", 1)[1]
+        while f"--port {port}" not in _processes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"--port {port}" in _processes()
+    finally:
+        command.kill()  # kill -9: no finally block, no atexit handler runs in the command
+        command.wait()
+    deadline = time.monotonic() + 30  # SIGTERM to the server; it shuts down in well under that
+    while f"--port {port}" in _processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"--port {port}" not in _processes()
+
+
+def _processes() -> str:
+    return subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
