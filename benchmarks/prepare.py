@@ -3,6 +3,8 @@
 Prints one JSON object: x-realtime of the floor (soundfile.read + soxr.resample, one process), of prepare with
 1 and 2 workers, with the quality measurements off and with silero-vad, and the ratios between them.
 Each figure is the best of --repeat interleaved rounds, after a warm-up run that starts the worker processes.
+quality_share_of_prepare: quality.measure timed in one of prepare's worker processes over the utterances the
+1-worker run wrote, as prepare calls it on each piece, over that run's wall time.
 Usage: python benchmarks/prepare.py [--minutes 20] [--repeat 3] [--corpus DIR] [--flow]
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -28,10 +31,13 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.corpus import read_speech
+from w2v import quality
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
+from w2v.prepare.isolated import run_in_child
 from w2v.prepare.pipeline import prepare
 from w2v.prepare.process import SourceTask, plan_chunks
+from w2v.shards.reader import open_table
 from w2v.storage import list_sources
 
 SENTENCES = [
@@ -99,13 +105,27 @@ def best_seconds(run: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def prepare_run(corpus: Path, scratch: Path, config: PrepareConfig, workers: int) -> Callable[[], None]:
+def prepare_run(
+    corpus: Path, scratch: Path, config: PrepareConfig, workers: int, out_name: str = "out"
+) -> Callable[[], None]:
     def run() -> None:
-        out = scratch / "out"
+        out = scratch / out_name
         shutil.rmtree(out, ignore_errors=True)
         prepare([str(corpus)], out, config, workers=workers)
 
     return run
+
+
+def quality_seconds(shards: Path, sample_rate: int, repeat: int) -> tuple[float, float]:
+    """Best time of quality.measure over every utterance in `shards`, called as prepare calls it on a piece
+    (clipped share given: the clipping scan runs once per recording, before resampling), and their seconds.
+    Run it in a worker process (run_in_child): one BLAS thread and prepare's malloc settings, as measured."""
+    pieces = []
+    for chunk in open_table(shards).column("audio").chunks:
+        offsets, values = chunk.offsets.to_numpy(), chunk.values.to_numpy()
+        pieces += [values[a:b].astype(np.float32) / np.float32(32768) for a, b in itertools.pairwise(offsets)]
+    seconds = best_seconds(lambda: [quality.measure(piece, sample_rate, clipped=0.0) for piece in pieces], repeat)
+    return seconds, sum(piece.size for piece in pieces) / sample_rate
 
 
 def interleaved_best(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
@@ -158,7 +178,7 @@ def main() -> dict[str, Any]:
         prepare([str(files[0])], scratch / "warm-up", off, workers=2)  # starts the worker processes
         runs: dict[str, Callable[[], object]] = {
             "floor": lambda: floor_loop(files),
-            "prepare_1_worker": prepare_run(corpus, scratch, PrepareConfig(), 1),
+            "prepare_1_worker": prepare_run(corpus, scratch, PrepareConfig(), 1, "prepare_1_worker"),
             "prepare_2_workers": prepare_run(corpus, scratch, PrepareConfig(), 2),
             "prepare_1_worker_no_measurements": prepare_run(corpus, scratch, off, 1),
             "prepare_1_worker_silero": prepare_run(corpus, scratch, PrepareConfig(vad="silero"), 1),
@@ -173,6 +193,8 @@ def main() -> dict[str, Any]:
 
             runs["flow_2_workers"] = flow_run
         figures = interleaved_best(runs, args.repeat)
+        timing = (scratch / "prepare_1_worker", PrepareConfig().sample_rate, args.repeat)
+        measured, kept_seconds = run_in_child(quality_seconds, timing, "timing quality.measure")
         chunks = len(plan_chunks([SourceTask(s) for s in list_sources([str(corpus)])], PrepareConfig()))
 
     xrt = {name: audio_seconds / seconds for name, seconds in figures.items()}
@@ -190,10 +212,14 @@ def main() -> dict[str, Any]:
         "two_worker_speedup": round(xrt["prepare_2_workers"] / xrt["prepare_1_worker"], 3),
         "measurement_cost": round(1 - xrt["prepare_1_worker"] / xrt["prepare_1_worker_no_measurements"], 3),
         "silero_vs_energy_vad": round(xrt["prepare_1_worker_silero"] / xrt["prepare_1_worker"], 3),
+        "quality_seconds": round(measured, 3),
+        "quality_us_per_audio_second": round(measured / kept_seconds * 1e6, 1),
+        "quality_share_of_prepare": round(measured / figures["prepare_1_worker"], 4),
         "targets": {
             "per_worker_ratio_vs_floor": ">= 0.7",
             "two_worker_speedup": ">= 1.7",
             "measurement_cost": "<= 0.10",
+            "quality_share_of_prepare": "<= 0.10",
         },
         **torchaudio_comparison(files[:10]),
     }

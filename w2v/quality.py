@@ -1,10 +1,20 @@
 """Per-utterance quality measurements: peak, clipping, DC offset, level, loudness, SNR and speech share.
 
 Pure functions of audio already in memory (prepare measures what it decoded; nothing is decoded twice).
-Levels are on the float scale, full scale = 1.0. The SNR estimate is a frame-energy percentile method:
-the quietest frames are taken as noise, so it assumes pauses (at least ~5 % of frames) between speech.
-One real FFT of 100 ms frames gives both the plain frame energies (SNR, speech share) and the K-weighted
-ones (loudness), which keeps the measurements to a small share of prepare's time.
+Levels are on the float scale, full scale = 1.0. One real FFT of 100 ms frames gives both the plain frame
+energies (mean power, speech share) and the K-weighted ones (loudness).
+
+SNR is the speech power over the whole utterance (pauses included) over the power of stationary noise, in
+dB. The noise is found per frequency band, not per frame: continuous speech leaves few frames free of
+speech, but in every 375 Hz band it leaves some 32 ms frames that hold only noise. A band's noise power is
+the mean of its quietest frames, corrected for that truncation (see `noise_power`). On the 280 mixtures of
+tests/test_snr.py (espeak-ng speech, 8 voices and rates, sentences joined by 30 ms gaps, in white, pink,
+brown, low-passed and speech-shaped noise at 0-30 dB) it errs by 0.5 dB on average, 1.9 dB at worst. The
+frame-energy percentile it replaces (the quietest 5 % of 100 ms frames taken as noise) erred by up to 24 dB
+there, reading 30 dB as 6 dB; WADA-SNR (Gamma(0.4) speech amplitudes, Gaussian noise) by up to 11 dB, a
+NIST-style STNR by up to 29 dB. With 0.4 s pauses it is as close as the percentile was (0.3 dB on average).
+Short utterances have fewer frames: on 2 s pieces of such speech 2 % of the mixtures erred by 3-4 dB.
+The price is one more real FFT, of 32 ms frames: `measure` takes 1.8-2.4 times as long as with the percentile.
 """
 
 from __future__ import annotations
@@ -17,11 +27,30 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 import scipy.signal
+import scipy.special
 
 # 100 ms frames: a noise frame's energy varies by ~4 %, pauses between words are longer, and four of them
 # make one BS.1770 gating block (400 ms, hop 100 ms).
 FRAME_SECONDS = 0.1
 NOISE_PERCENTILE = 5.0
+# The noise estimate's grid. 32 ms frames find twice as many speech-free time-frequency tiles in fast speech
+# as 100 ms frames do; 375 Hz bands (12 bins at 16 kHz) make a noise tile's power steady enough (Gamma shape
+# ~6.5) to tell it from speech. Both chosen on measurements (other speech than the tests'): with 100 ms frames
+# the estimate erred by up to 8 dB at 30 dB SNR, with 50 ms by 4 dB; 25 ms, overlapped frames and 250 Hz
+# bands were no better than this grid.
+NOISE_FRAME_SECONDS = 0.032
+NOISE_BAND_HZ = 375.0
+# A band's tiles under NOISE_CUTOFF times its noise power count as noise. Lower lets in less speech but
+# leans harder on the Gamma model of the tiles (1.25 erred by up to +3.3 dB on brown noise, 2.0 by up to
+# -4.3 dB at 30 dB SNR); the search starts at the NOISE_START_QUANTILE of each band's tiles.
+NOISE_CUTOFF = 1.5
+NOISE_START_QUANTILE = 0.05
+# Under this many 32 ms frames, the frame-energy percentile is used instead. Past NOISE_MAX_FRAMES (10 s),
+# every k-th frame is taken, k = ceil(frames / NOISE_MAX_FRAMES): stationary noise needs no more, and it
+# halves the cost on prepare's longest pieces (20 s). On 10-20 s speech it erred by 2.0 dB at worst, against
+# 1.6 dB with every frame (256 frames: 4.6 dB).
+NOISE_MIN_FRAMES = 8
+NOISE_MAX_FRAMES = 320
 # A frame is speech when its energy stands this far above the noise floor, and above an absolute floor.
 SPEECH_MARGIN_DB = 6.0
 SPEECH_FLOOR_DBFS = -60.0
@@ -57,16 +86,108 @@ def noise_floor(energies: np.ndarray) -> float:
     return float(np.partition(energies, rank)[rank])
 
 
-def snr_db(energies: np.ndarray, noise: float | None = None) -> float:
-    """Speech-to-noise power ratio over the utterance: (mean power - noise power) / noise power."""
-    noise = noise_floor(energies) if noise is None else noise
-    total = float(energies.mean())
+def snr_db(samples: np.ndarray, sample_rate: int) -> float:
+    """Speech-to-noise power ratio of mono audio in dB: (mean power - noise power) / noise power, clamped to
+    ±SNR_CEILING_DB; the noise power is `noise_power`'s (the frame-energy percentile under 256 ms)."""
+    energies = _spectral(samples, sample_rate)[0].plain
+    return _snr_db(float(energies.mean()), _noise_or_floor(samples, sample_rate, energies))
+
+
+def _snr_db(total: float, noise: float) -> float:
     if noise <= 0.0:
         return SNR_CEILING_DB if total > 0 else -SNR_CEILING_DB
     signal = max(total - noise, 0.0)
     if signal == 0.0:
         return -SNR_CEILING_DB
     return float(np.clip(10 * math.log10(signal / noise), -SNR_CEILING_DB, SNR_CEILING_DB))
+
+
+def noise_power(samples: np.ndarray, sample_rate: int) -> float | None:
+    """Mean square of the stationary noise in mono `samples` (float scale, DC excluded); None when shorter
+    than NOISE_MIN_FRAMES frames of NOISE_FRAME_SECONDS (past NOISE_MAX_FRAMES, every k-th frame is used).
+
+    Per band of NOISE_BAND_HZ, each Hann-windowed frame gives one tile power. Noise-only tiles follow a Gamma
+    law with mean N and a shape set by the band's width; tiles with speech lie above them. N is the fixed
+    point of N = mean(tiles below NOISE_CUTOFF * N) / h, h being that truncated mean of the Gamma law over
+    its mean, found by iterating from the band's NOISE_START_QUANTILE. Speech tiles that stay under the
+    cutoff bias N up a little, which is why the estimate reads low by ~0.4 dB on average.
+    """
+    layout = _noise_layout(sample_rate)
+    length = layout.frame_length
+    count = samples.shape[0] // length
+    if count < NOISE_MIN_FRAMES:
+        return None
+    frames = samples[: count * length].astype(np.float32, copy=False).reshape(count, length)
+    frames = frames[:: -(-count // NOISE_MAX_FRAMES)]
+    spectrum = scipy.fft.rfft(frames * layout.window, axis=1)
+    # As if each frame's mean had been removed before the window, which would smear an offset into the
+    # lowest band: the periodic Hann window's transform is L/2 at bin 0, -L/4 at bins ±1 and 0 elsewhere,
+    # so bin 1 gets back L/4 times the mean, a quarter of the frame's sum.
+    spectrum[:, 1] += frames @ layout.quarters
+    tiles = (spectrum.real**2 + spectrum.imag**2) @ layout.bands
+    return float(_band_noise(np.ascontiguousarray(tiles.T), layout.truncated_mean).sum())
+
+
+@dataclass(frozen=True)
+class _NoiseLayout:
+    frame_length: int
+    window: np.ndarray
+    quarters: np.ndarray  # (frame_length,) of 0.25: frames @ quarters = a quarter of each frame's sum
+    bands: np.ndarray  # (bins, bands): windowed |X|² -> each band's share of the mean square
+    truncated_mean: np.ndarray  # per band, h: E[tile | tile < NOISE_CUTOFF * mean] / mean under the Gamma law
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_layout(sample_rate: int) -> _NoiseLayout:
+    length = 2 * scipy.fft.next_fast_len(max(4, round(NOISE_FRAME_SECONDS * sample_rate / 2)), real=True)  # even
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)).astype(np.float32)
+    end = (length + 1) // 2
+    width = max(2, round(NOISE_BAND_HZ * length / sample_rate))
+    starts = np.arange(1, max(2, end - width + 1), width)
+    widths = np.diff(np.append(starts, end)).astype(np.float64)
+    # A tile sums `width` adjacent bins of the periodic Hann window, whose powers correlate 4/9 with the
+    # next bin and 1/36 with the one after (white Gaussian noise). Gamma shape = mean² / variance of the sum.
+    shape = widths**2 / (widths + 8 / 9 * (widths - 1) + 1 / 18 * np.maximum(widths - 2, 0))
+    cutoff = NOISE_CUTOFF * shape
+    truncated_mean = scipy.special.gammainc(shape + 1, cutoff) / scipy.special.gammainc(shape, cutoff)
+    # Parseval with the window: E|X_w|² = σ² · Σw² = σ² · 3L/8 per bin, and a bin holds 2/L of a white σ².
+    # DC is no noise (offsets are measured apart); the Nyquist bin, half a bin's width, is left out.
+    bands = np.zeros((length // 2 + 1, starts.size), dtype=np.float32)
+    for band, (first, last) in enumerate(zip(starts, np.append(starts[1:], end), strict=True)):
+        bands[first:last, band] = 16 / (3 * length**2)
+    return _NoiseLayout(length, window, np.full(length, 0.25, dtype=np.float32), bands, truncated_mean)
+
+
+def _band_noise(tiles: np.ndarray, truncated_mean: np.ndarray) -> np.ndarray:
+    """Per band (row of `tiles`, one column per frame), where N <- mean(tiles < NOISE_CUTOFF * N) / h settles
+    when started at the band's NOISE_START_QUANTILE, h being the band's `truncated_mean`.
+
+    The map is monotone in N, so it moves one way from the start and stops at the nearest self-consistent N:
+    N_m = (mean of the m smallest tiles) / h such that exactly those m tiles lie under the cutoff. That is
+    found here directly on the sorted tiles, for every band at once; tests/test_snr.py checks it against the
+    iteration itself.
+    """
+    count = tiles.shape[1]
+    ordered = np.sort(tiles, axis=1)
+    candidates = np.cumsum(ordered, axis=1, dtype=np.float64)
+    candidates /= np.arange(1, count + 1)
+    candidates /= truncated_mean[:, None]
+    cutoffs = NOISE_CUTOFF * candidates
+    consistent = ordered <= cutoffs  # <=: a run of zero tiles settles at N = 0
+    consistent[:, :-1] &= cutoffs[:, :-1] <= ordered[:, 1:]
+    start = ordered[:, int(NOISE_START_QUANTILE * count)].astype(np.float64)
+    under_start = np.count_nonzero(ordered < NOISE_CUTOFF * start[:, None], axis=1)
+    bands = np.arange(tiles.shape[0])
+    rises = candidates[bands, np.maximum(under_start, 1) - 1] >= start
+    first_above = np.argmax(consistent & (candidates >= start[:, None]), axis=1)
+    last_below = count - 1 - np.argmax((consistent & (candidates <= start[:, None]))[:, ::-1], axis=1)
+    noise = candidates[bands, np.where(rises, first_above, last_below)]
+    return np.where(under_start > 0, noise, start)  # nothing under the start's cutoff: it stays (silence)
+
+
+def _noise_or_floor(samples: np.ndarray, sample_rate: int, energies: np.ndarray) -> float:
+    noise = noise_power(samples, sample_rate)
+    return noise_floor(energies) if noise is None else noise
 
 
 def energy_speech_share(samples: np.ndarray, sample_rate: int) -> float:
@@ -255,9 +376,8 @@ def measure(
     """
     spectra, dc = _spectral(samples, sample_rate)
     energies = spectra.plain
-    noise = noise_floor(energies)
     if speech_detector is None or speech_detector is energy_speech_share:
-        speech = _speech_share(energies, noise)
+        speech = _speech_share(energies)
     else:
         speech = speech_detector(samples, sample_rate)
     peak = max(float(samples.max()), -float(samples.min())) if samples.size else 0.0
@@ -267,6 +387,6 @@ def measure(
         dc_offset=dc,
         rms_dbfs=rms_dbfs(samples),
         loudness_lufs=spectra.loudness_lufs(),
-        snr_db=snr_db(energies, noise),
+        snr_db=_snr_db(float(energies.mean()), _noise_or_floor(samples, sample_rate, energies)),
         speech_share=speech,
     )
