@@ -1,7 +1,7 @@
 """Storage credentials never reach what Prefect stores: the old way (credentials in --storage-options or in a
-flow parameter) is refused in one line, the safe way (a Secret block loaded inside the tasks) works against a
-loopback S3 server, and the secret is then found nowhere: not in the Prefect database, its logs, the
-command's output, nor the shard folder."""
+flow parameter) is refused in one line, the safe ways (a Secret block loaded inside the tasks, or the AWS
+variables s3fs reads) work against a loopback S3 server, and the secret is then found nowhere: not in the
+Prefect database, its logs, the command's output, nor the shard folders."""
 
 from __future__ import annotations
 
@@ -140,7 +140,14 @@ def test_a_secret_block_reads_s3_and_the_secret_is_stored_nowhere(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["utterances"] >= 2
 
-    assert secret not in saved.stdout + saved.stderr + run.stdout + run.stderr
+    # The other safe way: the variables s3fs reads, here with a second output folder.
+    from_environment = {**environment, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    command = [*W2V, "prepare", "s3://raw/corpus/", "--out", str(tmp_path / "shards-env")]
+    command += ["--storage-options", endpoint, "--workers", "1"]
+    second = subprocess.run(command, env=from_environment, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+
+    assert secret not in saved.stdout + saved.stderr + run.stdout + run.stderr + second.stdout + second.stderr
     server_home = prefect_server.log.parent
     assert _files_containing(secret, server_home, tmp_path) == []
     # The search can find what is there: the block's name and the endpoint are in the flow run's parameters.
