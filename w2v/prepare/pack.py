@@ -22,7 +22,7 @@ from w2v.prepare.buckets import assign_buckets, equal_duration_edges
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.process import part_paths, read_part
 from w2v.prepare.progress import STAGING_NAME
-from w2v.shards.histograms import quality_histograms
+from w2v.shards.histograms import BINS, can_merge, merged_histograms, quality_histograms, table_histograms
 from w2v.shards.manifest import (
     REJECTS_NAME,
     Manifest,
@@ -73,17 +73,17 @@ def commit(
         durations = np.array([r.num_samples for r in new_rows]) / config.sample_rate
         inner = equal_duration_edges(durations, config.num_buckets)
         edges = (config.min_seconds, *inner, config.max_seconds)
-    shards = _rewrite_shards_without(out, previous, replaced, generation, config.sample_rate)
-    shards += _write_new_shards(out, parts, new_rows, edges, generation, config)
+    kept, removed = _rewrite_shards_without(out, previous, replaced, generation, config.sample_rate)
+    new = _write_new_shards(out, parts, new_rows, edges, generation, config)
 
-    all_shards = tuple(sorted(shards, key=lambda s: (s.bucket, s.path)))
+    all_shards = tuple(sorted([*kept, *new], key=lambda s: (s.bucket, s.path)))
     manifest = previous.with_changes(
         sample_rate=config.sample_rate,
         generation=generation,
         bucket_edges_seconds=tuple(edges),
         shards=all_shards,
         sources=sources,
-        quality_histograms=quality_histograms([out / s.path for s in all_shards]),
+        quality_histograms=_histograms(out, previous, new, removed, all_shards),
         config=config.to_dict(),
         versions=versions,
         last_run=last_run,
@@ -201,25 +201,40 @@ def _write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> 
     )
 
 
+def _histograms(
+    out: Path, previous: Manifest, new: list[ShardEntry], removed: list[pa.Table], shards: tuple[ShardEntry, ...]
+) -> dict[str, Any]:
+    """The quality histograms after this commit: the previous counts, plus the new shards' rows, minus the
+    rows removed (its cost follows the change); from every shard only when the previous ones are on other
+    bins (made by an older version)."""
+    if previous.shards and not can_merge(previous.quality_histograms):
+        return quality_histograms([out / s.path for s in shards])
+    before = previous.quality_histograms if previous.shards else table_histograms(None)
+    gone = table_histograms(pa.concat_tables(removed) if removed else None)
+    return merged_histograms(before, quality_histograms([out / s.path for s in new]), gone)
+
+
 def _rewrite_shards_without(
     out: Path, previous: Manifest, replaced: set[str], generation: int, sample_rate: int
-) -> list[ShardEntry]:
-    """Keep old shards as they are, except those holding utterances of changed files: rewrite those."""
+) -> tuple[list[ShardEntry], list[pa.Table]]:
+    """Keep old shards as they are, except those holding utterances of changed files: rewrite those.
+    Returns the shards, and the quality columns of the rows removed."""
     if not replaced:
-        return list(previous.shards)
+        return list(previous.shards), []
     gone = pa.array(sorted(replaced), pa.string())
-    kept = []
+    kept, removed = [], []
     for number, shard in enumerate(previous.shards):
         table = read_stream(out / shard.path)
         mask = pc.invert(pc.is_in(table.column("source"), value_set=gone))
         if pc.all(mask).as_py():
             kept.append(shard)
             continue
+        removed.append(table.filter(pc.invert(mask)).select(list(BINS)))
         remaining = table.filter(mask)
         if remaining.num_rows:
             name = f"b{shard.bucket:02d}-g{generation:05d}-r{number:04d}.arrow"
             kept.append(_write_shard(out / name, remaining.combine_chunks(), shard.bucket, sample_rate))
-    return kept
+    return kept, removed
 
 
 def remove_unreferenced(out: Path, manifest: Manifest) -> None:

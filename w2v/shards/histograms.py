@@ -25,11 +25,33 @@ BINS: dict[str, list[float]] = {
 def quality_histograms(shards: list[Path]) -> dict[str, Any]:
     """{column: {"edges": [...], "counts": [...], "measured": n}} over every utterance in `shards`."""
     tables = [read_stream(path).select(list(BINS)) for path in shards]
-    table = pa.concat_tables(tables) if tables else None
+    return table_histograms(pa.concat_tables(tables) if tables else None)
+
+
+def table_histograms(table: pa.Table | None) -> dict[str, Any]:
+    """quality_histograms of the rows of `table` (any table with the quality columns; None: no rows)."""
     result: dict[str, Any] = {}
     for name, edges in BINS.items():
         values = table.column(name).drop_null().to_numpy().astype(np.float64) if table is not None else np.zeros(0)
         clipped = np.clip(values, edges[0], edges[-1])
         counts, _ = np.histogram(clipped, bins=edges)
         result[name] = {"edges": edges, "counts": counts.tolist(), "measured": int(values.size)}
+    return result
+
+
+def can_merge(histograms: dict[str, Any]) -> bool:
+    """Whether `histograms` (a manifest's) are on today's bins, so that counts can be added to them."""
+    return set(histograms) == set(BINS) and all(histograms[n].get("edges") == e for n, e in BINS.items())
+
+
+def merged_histograms(previous: dict[str, Any], added: dict[str, Any], removed: dict[str, Any]) -> dict[str, Any]:
+    """previous + added - removed, bin by bin (all on BINS): a commit pays for the rows it adds and removes,
+    not for the corpus. Raises ValueError when `previous` is on other bins (see can_merge)."""
+    if not can_merge(previous):
+        raise ValueError("the previous histograms are on other bins; compute them from the shards")
+    result: dict[str, Any] = {}
+    for name, edges in BINS.items():
+        counts = np.asarray(previous[name]["counts"]) + added[name]["counts"] - np.asarray(removed[name]["counts"])
+        measured = previous[name]["measured"] + added[name]["measured"] - removed[name]["measured"]
+        result[name] = {"edges": edges, "counts": counts.tolist(), "measured": int(measured)}
     return result
