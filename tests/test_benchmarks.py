@@ -54,3 +54,21 @@ def test_the_shard_check_benchmark_prints_its_figures_as_json() -> None:
         "4",
     }
     assert 0 < result["second_start_small_shards_seconds"] < 1
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_prints_its_figures_as_json(tmp_path: Path) -> None:
+    command = [sys.executable, "benchmarks/scale.py", "--files", "40", "--workers", "1", "--corpus", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=True)
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "scale" and result["files"] == 40 and result["files_kept"] == 40
+    assert result["utterances"] >= 40 and result["hours"] > 40 * 3 / 3600
+    # The first run writes the audio at least once (the shards) and a manifest beside it.
+    assert result["bytes_written_over_audio_bytes"] > 1
+    assert result["first_run"]["bytes_written"]["decoding_children"] > 0
+    assert result["manifest_bytes"] > 0 and result["corpus_open_s"] > 0
+    assert {"list_plan", "decode", "commit", "report"} <= set(result["first_run"]["seconds"])
+    assert result["first_run"]["peak_rss_mb"]["largest_child"] > 0
+    assert result["noop"]["files_decoded"] == 0 and result["noop"]["peak_rss_mb"]["largest_child"] is None
+    assert result["noop"]["bytes_written"]["total"] < result["audio_bytes_stored"] / 10
+    assert result["grow_1pct"]["files_added"] == 1 and result["grow_1pct"]["files_decoded"] == 1
