@@ -1,14 +1,15 @@
 """The utterances of a shard folder, read zero-copy from memory-mapped shards: lengths up front, audio on demand.
 
-Opening reads only the small columns (lengths, mean, std). The audio of utterance i is an int16 numpy view
-into the shard's memory map; nothing is decoded or resampled at train time. Shards are opened lazily in the
-process that reads them, so a corpus can be handed to DataLoader workers, forked or spawned.
+Opening maps the folder's training index (w2v.shards.index: lengths, mean, std, places, held-out positions)
+and opens no shard; a folder without one has those small columns read from each shard. The audio of
+utterance i is an int16 numpy view into the shard's memory map; nothing is decoded or resampled at train
+time. Shards are opened lazily in the process that reads them, so a corpus can be handed to DataLoader
+workers, forked or spawned.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,11 @@ import numpy as np
 import pyarrow as pa
 
 from w2v.errors import ManifestError, ShardError, W2VError
+from w2v.shards.index import split_key, utterance_index
 from w2v.shards.manifest import read_manifest
 from w2v.shards.table import read_stream
+
+__all__ = ["ShardCorpus", "split_held_out", "split_key"]
 
 
 @dataclass(frozen=True)
@@ -38,31 +42,20 @@ class ShardCorpus:
         self.paths = [self.folder / entry.path for entry in manifest.shards]
         if not self.paths:
             raise ManifestError(f"{self.folder}: the manifest lists no shards; run w2v prepare on some audio first")
-        lengths, means, stds, shards, batches, sources = [], [], [], [], [], []
-        rows: list[np.ndarray] = []
-        for number, (path, entry) in enumerate(zip(self.paths, manifest.shards, strict=True)):
-            table = _open(path)
-            if table.num_rows != entry.rows:
-                raise ShardError(
-                    f"{path}: {table.num_rows} rows, the manifest says {entry.rows}; run w2v shards verify"
-                )
-            lengths.append(table.column("num_samples").to_numpy().astype(np.int64))
-            means.append(table.column("mean").to_numpy().astype(np.float32))
-            stds.append(table.column("std").to_numpy().astype(np.float32))
-            sources.append(_source_positions(table.column("source").to_pylist()))
-            shards.append(np.full(table.num_rows, number, dtype=np.int32))
-            chunk_rows = [len(chunk) for chunk in table.column("audio").chunks]
-            batches.append(np.repeat(np.arange(len(chunk_rows), dtype=np.int32), chunk_rows))
-            rows.append(np.concatenate([np.arange(n, dtype=np.int32) for n in chunk_rows] or [np.zeros(0, np.int32)]))
-        self.num_samples = np.concatenate(lengths)
-        self.mean = np.concatenate(means)
-        self.std = np.concatenate(stds)
-        self.shard = np.concatenate(shards)
-        self.batch = np.concatenate(batches)
-        self.row = np.concatenate(rows).astype(np.int32)
+        index = utterance_index(self.folder, [entry.path for entry in manifest.shards], manifest.index)
+        counts = np.bincount(index.shard, minlength=len(self.paths))
+        for entry, path, count in zip(manifest.shards, self.paths, counts.tolist(), strict=True):
+            if count != entry.rows:
+                raise ShardError(f"{path}: {count} rows indexed, the manifest says {entry.rows}; run w2v shards verify")
+        self.num_samples = index.num_samples
+        self.mean = index.mean
+        self.std = index.std
+        self.shard = index.shard
+        self.batch = index.batch
+        self.row = index.row
         # Where each utterance's recording falls in [0, 1): a stable hash of its source (`split_key`), so that
         # a split by it keeps the pieces of one recording together and stays put as the corpus grows.
-        self.source_position = np.concatenate(sources)
+        self.source_position = index.source_position
         self._open: dict[int, _OpenShard] = {}
         self._pid = os.getpid()
 
@@ -123,22 +116,6 @@ class ShardCorpus:
         state = dict(self.__dict__)
         state["_open"] = {}
         return state
-
-
-def split_key(source: str) -> str:
-    """What the held-out split hashes of a source URI: its last two path parts ("episode12/seg_0001.wav").
-
-    Not the whole URI: the same recordings prepared from another folder, disk or bucket split the same way.
-    The parent folder keeps recordings of the same name in different folders apart."""
-    path = source.split("://", 1)[-1].split("?", 1)[0].rstrip("/")
-    return "/".join(path.split("/")[-2:])
-
-
-def _source_positions(sources: list[str]) -> np.ndarray:
-    positions = {
-        s: int.from_bytes(hashlib.sha256(split_key(s).encode()).digest()[:8], "big") / 2.0**64 for s in set(sources)
-    }
-    return np.array([positions[s] for s in sources], dtype=np.float64)
 
 
 def _open(path: Path) -> pa.Table:

@@ -23,7 +23,7 @@ import fsspec
 
 from w2v.data.integrity import check_local_shards, check_shards, exclusive, remember_checked
 from w2v.errors import ShardError
-from w2v.shards.manifest import MANIFEST_NAME, ShardEntry, manifest_from_json, write_text_atomic
+from w2v.shards.manifest import MANIFEST_NAME, IndexEntry, ShardEntry, manifest_from_json, write_text_atomic
 from w2v.shards.table import sha256_file
 from w2v.storage import is_url
 
@@ -90,19 +90,19 @@ def stage_shards(
             ) from None
         manifest = manifest_from_json(json.loads(text), location)
         if verify:  # shards fetched by an earlier staging: fetch again any damaged since
-            on_disk = [entry for entry in manifest.shards if _marked(local / entry.path, entry)]
+            on_disk = [entry for entry in manifest.files if _marked(local / entry.path, entry)]
             at_rest = check_shards(local, on_disk, records)
             hashed = at_rest.hashed_bytes
             for name, problem in zip(at_rest.damaged, at_rest.problems, strict=True):
                 logger.warning("%s; fetching it again from %s", problem, location)
                 (local / (name + VERIFIED_SUFFIX)).unlink(missing_ok=True)
-        arriving = [entry for entry in manifest.shards if not _marked(local / entry.path, entry)]
+        arriving = [entry for entry in manifest.files if not _marked(local / entry.path, entry)]
         fetched = 0
-        for entry in manifest.shards:
+        for entry in manifest.files:
             fetched += fetch_shard(fs, f"{root}/{entry.path}", local / entry.path, entry, location)
         write_text_atomic(local / MANIFEST_NAME, text)
         remember_checked(local, arriving, records)
-        keep = {entry.path for entry in manifest.shards}
+        keep = {entry.path for entry in manifest.files}
         for path in local.glob("*.arrow"):
             if path.name not in keep:
                 path.unlink()
@@ -111,7 +111,7 @@ def stage_shards(
     return Staged(local, fetched, len(manifest.shards), hashed)
 
 
-def fetch_shard(fs: Any, remote: str, target: Path, entry: ShardEntry, location: str) -> int:
+def fetch_shard(fs: Any, remote: str, target: Path, entry: ShardEntry | IndexEntry, location: str) -> int:
     """Make `target` a checked copy of `remote`; returns the bytes downloaded."""
     if _marked(target, entry):
         return 0
@@ -147,7 +147,7 @@ def _download(fs: Any, remote: str, part: Path) -> int:
     return fetched
 
 
-def _marked(target: Path, entry: ShardEntry) -> bool:
+def _marked(target: Path, entry: ShardEntry | IndexEntry) -> bool:
     """Whether an earlier staging fetched and checked `target` (its marker names the manifest's sha256)."""
     marker = target.with_name(target.name + VERIFIED_SUFFIX)
     size = target.stat().st_size if target.exists() else None

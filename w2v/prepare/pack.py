@@ -23,8 +23,10 @@ from w2v.prepare.config import PrepareConfig
 from w2v.prepare.process import part_paths, read_part
 from w2v.prepare.progress import STAGING_NAME
 from w2v.shards.histograms import BINS, can_merge, merged_histograms, quality_histograms, table_histograms
+from w2v.shards.index import index_file_name, shard_index, write_index
 from w2v.shards.manifest import (
     REJECTS_NAME,
+    IndexEntry,
     Manifest,
     ShardEntry,
     SourceEntry,
@@ -77,11 +79,13 @@ def commit(
     new = _write_new_shards(out, parts, new_rows, edges, generation, config)
 
     all_shards = tuple(sorted([*kept, *new], key=lambda s: (s.bucket, s.path)))
+    written = [s.path for s in all_shards if s.path not in {p.path for p in previous.shards}]
     manifest = previous.with_changes(
         sample_rate=config.sample_rate,
         generation=generation,
         bucket_edges_seconds=tuple(edges),
         shards=all_shards,
+        index=updated_index(out, previous.index, written, all_shards, generation),
         sources=sources,
         quality_histograms=_histograms(out, previous, new, removed, all_shards),
         config=config.to_dict(),
@@ -201,6 +205,22 @@ def _write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> 
     )
 
 
+def updated_index(
+    out: Path,
+    previous: tuple[IndexEntry, ...],
+    written: list[str],
+    shards: tuple[ShardEntry, ...],
+    generation: int,
+) -> tuple[IndexEntry, ...]:
+    """The index files after a commit: those still covering a shard of the folder, and one for the shards
+    written now (its cost follows the change: only they are read, and only their small columns)."""
+    alive = {s.path for s in shards}
+    kept = tuple(entry for entry in previous if alive & set(entry.shards))
+    if not written:
+        return kept
+    return (*kept, write_index(out, index_file_name(generation), [shard_index(out, path) for path in written]))
+
+
 def _histograms(
     out: Path, previous: Manifest, new: list[ShardEntry], removed: list[pa.Table], shards: tuple[ShardEntry, ...]
 ) -> dict[str, Any]:
@@ -238,8 +258,9 @@ def _rewrite_shards_without(
 
 
 def remove_unreferenced(out: Path, manifest: Manifest) -> None:
-    """Delete shards no manifest names (superseded, or left by a crash), temporaries, and the staging area."""
-    referenced = {s.path for s in manifest.shards}
+    """Delete shards and index files no manifest names (superseded, or left by a crash), temporaries, and the
+    staging area."""
+    referenced = {f.path for f in manifest.files}
     for path in out.glob(SHARD_GLOB):
         if path.name not in referenced:
             path.unlink()

@@ -18,9 +18,11 @@ from w2v.prepare.filters import Failure, QualityThresholds, every_piece_failed, 
 from w2v.prepare.lock import exclusive_writer
 from w2v.quality import Quality
 from w2v.shards.histograms import quality_histograms
+from w2v.shards.index import index_file_name, shard_index, write_index
 from w2v.shards.manifest import (
     MANIFEST_NAME,
     REJECTS_NAME,
+    IndexEntry,
     Manifest,
     ShardEntry,
     SourceEntry,
@@ -87,12 +89,17 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
             sources=sources,
             config=config,
             quality_histograms=quality_histograms([dst / s.path for s in shards]),
+            index=(_index_of(dst, shards, manifest.generation + 1),) if shards else (),
             last_run={"started": now, "finished": now, "filtered_from": str(src), "removed": len(failures)},
             updated=now,
         )
         write_text_atomic(dst / REJECTS_NAME, rejects_jsonl(filtered))
         write_manifest(dst, filtered)
     return filtered
+
+
+def _index_of(folder: Path, shards: list[ShardEntry], generation: int) -> IndexEntry:
+    return write_index(folder, index_file_name(generation), [shard_index(folder, s.path) for s in shards])
 
 
 def _failures(

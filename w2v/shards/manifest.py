@@ -31,6 +31,17 @@ class ShardEntry:
 
 
 @dataclass(frozen=True)
+class IndexEntry:
+    """An index file (w2v.shards.index) as the manifest lists it."""
+
+    path: str  # relative to the manifest's folder
+    rows: int
+    bytes: int
+    sha256: str
+    shards: tuple[str, ...]  # the shards whose utterances it holds
+
+
+@dataclass(frozen=True)
 class SourceEntry:
     """One raw file and what prepare made of it."""
 
@@ -89,6 +100,7 @@ class Manifest:
     generation: int = 0
     bucket_edges_seconds: tuple[float, ...] = ()
     shards: tuple[ShardEntry, ...] = ()
+    index: tuple[IndexEntry, ...] = ()
     sources: dict[str, SourceEntry] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -96,6 +108,11 @@ class Manifest:
     quality_histograms: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
+
+    @property
+    def files(self) -> tuple[ShardEntry | IndexEntry, ...]:
+        """Every file the folder holds besides manifest and rejects: the shards, then the index files."""
+        return (*self.shards, *self.index)
 
     @property
     def kept_sources(self) -> list[SourceEntry]:
@@ -154,6 +171,7 @@ class Manifest:
             "seconds_removed_by_reason": self.seconds_removed_by_reason(),
             "bucket_edges_seconds": list(self.bucket_edges_seconds),
             "shards": [asdict(s) for s in self.shards],
+            "index": [{**asdict(i), "shards": list(i.shards)} for i in self.index],
             "config": self.config,
             "versions": self.versions,
             "last_run": self.last_run,
@@ -199,6 +217,7 @@ def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
             generation=int(data["generation"]),
             bucket_edges_seconds=tuple(float(e) for e in data["bucket_edges_seconds"]),
             shards=tuple(ShardEntry(**s) for s in data["shards"]),
+            index=tuple(IndexEntry(**{**i, "shards": tuple(i["shards"])}) for i in data.get("index", [])),
             sources=sources,
             config=dict(data["config"]),
             versions=dict(data["versions"]),
@@ -228,9 +247,14 @@ def read_manifest_or_none(folder: Path) -> Manifest | None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from w2v.errors import ManifestError
+from w2v.errors import ManifestError, ShardError
+from w2v.shards.index import UtteranceIndex, read_index_file, utterance_index
 from w2v.shards.manifest import Manifest, read_manifest
 from w2v.shards.schema import SCHEMA
 from w2v.shards.table import read_stream, sha256_file
@@ -43,6 +44,9 @@ def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
             if utterance_id in seen_ids:
                 yield f"{path}: utterance id {utterance_id} also appears in another shard"
             seen_ids.add(utterance_id)
+    index_sound = yield from _index_file_problems(folder, manifest)
+    if all_read and index_sound:
+        yield from _index_content_problems(folder, manifest)
     expected = {u for s in manifest.kept_sources for u in s.utterances}
     if all_read and expected != seen_ids:
         missing = sorted(expected - seen_ids)[:3]
@@ -51,6 +55,37 @@ def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
             f"{folder / 'manifest.json'}: sources list {len(expected)} utterances, shards hold {len(seen_ids)} "
             f"(missing e.g. {missing}, unlisted e.g. {extra})"
         )
+
+
+def _index_file_problems(folder: Path, manifest: Manifest) -> Generator[str, None, bool]:
+    """The index files' sizes, checksums, schemas and row counts; returns whether they are all sound."""
+    sound = True
+    for entry in manifest.index:
+        path = folder / entry.path
+        problem = file_problem(path, entry.bytes, entry.sha256)
+        if problem is None:
+            try:
+                rows = read_index_file(path).num_rows
+                if rows != entry.rows:
+                    problem = f"{path}: {rows} rows, manifest says {entry.rows}"
+            except ShardError as error:
+                problem = str(error)
+        if problem is not None:
+            sound = False
+            yield problem
+    return sound
+
+
+def _index_content_problems(folder: Path, manifest: Manifest) -> Iterator[str]:
+    """What the index says of every utterance equals what its shard holds."""
+    shards = [s.path for s in manifest.shards]
+    indexed, scanned = utterance_index(folder, shards, manifest.index), utterance_index(folder, shards, ())
+    for name in UtteranceIndex.__dataclass_fields__:
+        if not np.array_equal(getattr(indexed, name), getattr(scanned, name)):
+            yield (
+                f"{folder}: the index's {name} differs from the shards' ({len(getattr(indexed, name))} indexed "
+                f"utterances, {len(getattr(scanned, name))} in the shards); prepare the folder again"
+            )
 
 
 def file_problem(path: Path, expected_bytes: int, expected_sha256: str) -> str | None:
