@@ -72,3 +72,14 @@ def test_the_scale_benchmark_prints_its_figures_as_json(tmp_path: Path) -> None:
     assert result["noop"]["files_decoded"] == 0 and result["noop"]["peak_rss_mb"]["largest_child"] is None
     assert result["noop"]["bytes_written"]["total"] < result["audio_bytes_stored"] / 10
     assert result["grow_1pct"]["files_added"] == 1 and result["grow_1pct"]["files_decoded"] == 1
+
+
+def test_the_synthetic_scale_benchmark_opens_and_plans_an_indexed_folder_without_audio() -> None:
+    command = [sys.executable, "benchmarks/scale.py", "--synthetic", "20000"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=True)
+    synthetic = json.loads(done.stdout)["synthetic"]
+    assert synthetic["utterances"] == 20_000 and synthetic["shards"] >= 20
+    assert synthetic["training"] + synthetic["held_out"] == 20_000 and synthetic["held_out"] > 0
+    assert synthetic["batches_per_epoch"] > 0 and synthetic["sought_batch_rows"] > 0
+    assert synthetic["open_s"] > 0 and synthetic["plan_s"] > 0 and synthetic["peak_rss_mb"] > 0
+    assert synthetic["index_bytes"] > 20_000 * 20  # the index holds every row; the manifest only shards
