@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from w2v.data.plan import BatchConfig, length_buckets, plan_batches
+from w2v.data.plan import BatchConfig, _pack, _pack_reference, length_buckets, plan_batches
 from w2v.data.stream import BatchStream, StreamState
 from w2v.errors import W2VError
 
@@ -163,3 +163,27 @@ def test_a_state_from_another_run_is_refused() -> None:
         stream.take(StreamState(seed=2))
     with pytest.raises(W2VError, match="same --shards"):
         stream.take(StreamState(seed=1, corpora=()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(16_000, 320_000), min_size=1, max_size=400),
+    st.one_of(st.just(0.0), st.floats(0.0, 0.02)),
+    st.integers(1, 40),
+    st.integers(0, 399),
+    st.integers(1, 30),
+    st.integers(0, 2**32 - 1),
+)
+def test_compiled_packing_gives_the_python_loops_batches(
+    lengths: list[int], wobble: float, first_rows: int, pick: int, times: int, seed: int
+) -> None:
+    # A pool as the planner sorts it: ascending up to the length tolerance, so not always ascending. The
+    # budget is a whole multiple of one row's cost, so that ties with it (count × cost == budget) happen.
+    rng = np.random.default_rng(seed)
+    costs = np.sort(np.array(lengths, dtype=np.float64)) * (1 + wobble * rng.random(len(lengths)))
+    budget = float(costs[pick % len(lengths)] * times)
+    indices = rng.permutation(len(lengths))
+    compiled = _pack(indices, costs, budget, first_rows)
+    reference = _pack_reference(indices, costs, budget, first_rows)
+    assert len(compiled) == len(reference)
+    assert all(np.array_equal(a, b) for a, b in zip(compiled, reference, strict=True))

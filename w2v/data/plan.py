@@ -155,8 +155,16 @@ def _pack(indices: np.ndarray, costs: np.ndarray, budget: float, first_rows: int
     """Greedy: from each start, the most rows (in ascending cost) whose count × last cost fits the budget.
 
     The first batch takes at most `first_rows`: a random phase, so that batch boundaries move from one epoch
-    to the next even where a pool holds a whole bucket and sorts it the same way.
+    to the next even where a pool holds a whole bucket and sorts it the same way. The loop is compiled
+    (w2v.data.packing); `_pack_reference` is the same in Python, which tests hold it to.
     """
+    from w2v.data.packing import batch_ends
+
+    ends = batch_ends(np.ascontiguousarray(costs, dtype=np.float64), float(budget), int(first_rows)).tolist()
+    return [indices[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def _pack_reference(indices: np.ndarray, costs: np.ndarray, budget: float, first_rows: int) -> list[np.ndarray]:
     batches = []
     start, total = 0, indices.size
     while start < total:
