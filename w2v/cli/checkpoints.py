@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from w2v.cli.root import app, console, fail, parse_storage_options
+from w2v.cli.root import VerifyShards, app, console, fail, parse_storage_options
 from w2v.errors import W2VError
 
 
@@ -29,13 +29,7 @@ def evaluate(
     probe_layer: Annotated[
         int, typer.Option(help="Hidden state the probes read: 0 the transformer's input, k block k, -1 the last.")
     ] = -1,
-    verify_shards: Annotated[
-        bool,
-        typer.Option(
-            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
-            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
-        ),
-    ] = True,
+    verify_shards: VerifyShards = True,
 ) -> None:
     """Validation loss, contrastive accuracy and perplexity on the held-out recordings, as JSON; where the
     shards carry speaker or label, linear probe accuracy on frozen features ("probe")."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from w2v.cli.root import app, console, fail
+from w2v.cli.root import VerifyShards, app, console, fail
 from w2v.errors import W2VError
 
 
@@ -30,13 +30,7 @@ def finetune(
     ),
     resume: Annotated[str, typer.Option(help="auto (newest checkpoint), never, or a checkpoint folder.")] = "auto",
     workers: Annotated[int, typer.Option(help="Loader worker processes.")] = 2,
-    verify_shards: Annotated[
-        bool,
-        typer.Option(
-            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
-            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
-        ),
-    ] = True,
+    verify_shards: VerifyShards = True,
 ) -> None:
     """Fine-tune a pretrained checkpoint for ASR (CTC), classification or speaker identification."""
     from w2v.data.loader import LoaderConfig

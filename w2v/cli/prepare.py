@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from w2v.cli.root import app, console, fail, parse_storage_options, prefect_api
+from w2v.cli.root import CredentialsBlock, app, console, fail, parse_storage_options, prefect_api
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
 
@@ -32,10 +32,7 @@ def prepare(
     storage_options: Annotated[
         str | None, typer.Option(help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://…"}\'.')
     ] = None,
-    credentials_block: Annotated[
-        str | None,
-        typer.Option(help="A Prefect Secret block holding storage credentials as JSON (w2v credentials NAME)."),
-    ] = None,
+    credentials_block: CredentialsBlock = None,
     vad: Annotated[str, typer.Option(help="Speech detector: energy (fast) or silero (accurate, ~40x slower).")] = (
         "energy"
     ),

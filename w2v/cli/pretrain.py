@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from w2v.cli.root import app, console, fail, parse_storage_options, prefect_api
+from w2v.cli.root import CredentialsBlock, VerifyShards, app, console, fail, parse_storage_options, prefect_api
 from w2v.errors import W2VError
 
 
@@ -33,13 +33,7 @@ def pretrain(
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
-    verify_shards: Annotated[
-        bool,
-        typer.Option(
-            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
-            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
-        ),
-    ] = True,
+    verify_shards: VerifyShards = True,
 ) -> None:
     """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch)."""
     from w2v.data.loader import LoaderConfig
@@ -95,17 +89,8 @@ def pipeline(
     storage_options: Annotated[
         str | None, typer.Option(help='fsspec options without credentials, e.g. \'{"endpoint_url": "http://…"}\'.')
     ] = None,
-    credentials_block: Annotated[
-        str | None,
-        typer.Option(help="A Prefect Secret block holding storage credentials as JSON (w2v credentials NAME)."),
-    ] = None,
-    verify_shards: Annotated[
-        bool,
-        typer.Option(
-            help="Check every shard's size and sha256 against the manifest first (once per file state: an "
-            "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
-        ),
-    ] = True,
+    credentials_block: CredentialsBlock = None,
+    verify_shards: VerifyShards = True,
 ) -> None:
     """The pretrain flow, as the nightly deployment runs it: stage → train → evaluate → upload → report."""
     options = parse_storage_options(storage_options)

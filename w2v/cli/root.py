@@ -17,6 +17,21 @@ from rich.console import Console
 if TYPE_CHECKING:
     from flows.prefect_api import PrefectApi
 
+# The option of every command that opens shards (pretrain, pipeline, finetune, evaluate).
+VerifyShards = Annotated[
+    bool,
+    typer.Option(
+        help="Check every shard's size and sha256 against the manifest first (once per file state: an "
+        "unchanged folder is not hashed again); --no-verify-shards is the fast, unsafe choice."
+    ),
+]
+
+# The option of every command whose flows open storage (prepare, pipeline).
+CredentialsBlock = Annotated[
+    str | None,
+    typer.Option(help="A Prefect Secret block holding storage credentials as JSON (w2v credentials NAME)."),
+]
+
 app = typer.Typer(help="w2v: raw speech corpus to pretrained wav2vec 2.0.", no_args_is_help=True)
 console = Console(stderr=True)
 
