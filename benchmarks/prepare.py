@@ -35,8 +35,9 @@ from w2v import quality
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import run_in_child
-from w2v.prepare.pipeline import prepare
+from w2v.prepare.pipeline import prepare, shard_layout
 from w2v.prepare.process import SourceTask, plan_chunks
+from w2v.shards.manifest import Manifest
 from w2v.shards.reader import open_table
 from w2v.storage import list_sources
 
@@ -195,7 +196,9 @@ def main() -> dict[str, Any]:
         figures = interleaved_best(runs, args.repeat)
         timing = (scratch / "prepare_1_worker", PrepareConfig().sample_rate, args.repeat)
         measured, kept_seconds = run_in_child(quality_seconds, timing, "timing quality.measure")
-        chunks = len(plan_chunks([SourceTask(s) for s in list_sources([str(corpus)])], PrepareConfig()))
+        config = PrepareConfig()
+        layout = shard_layout(Manifest(sample_rate=config.sample_rate), config)
+        chunks = len(plan_chunks([SourceTask(s) for s in list_sources([str(corpus)])], config, layout))
 
     xrt = {name: audio_seconds / seconds for name, seconds in figures.items()}
     result: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """prepare-corpus: raw audio → verified, memory-mapped, length-bucketed shards with a manifest.
 
-plan (list sources, skip what the shards already hold) → decode chunks in worker processes → commit
-(deduplicate, bucket, write shards, rejects and manifest) → publish a corpus report on the flow run.
+plan (list sources, skip what the shards already hold, fix the bucket edges) → decode chunks in worker
+processes, each writing its final shards → commit (deduplicate, index, rejects and manifest; no audio copied)
+→ publish a corpus report on the flow run.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
-from w2v.prepare.process import Chunk, part_is_complete
+from w2v.prepare.process import Chunk
 from w2v.prepare.report import corpus_report_markdown, run_summary
+from w2v.prepare.shard_writer import STAGING_NAME, ShardLayout, chunk_is_complete
 from w2v.shards.manifest import Manifest
 
-# Staging parts make every task idempotent; decode-chunk also shows up as Cached in Prefect when its part is there.
+# Chunk records make every task idempotent; decode-chunk also shows up as Cached in Prefect when its chunk is done.
 
 
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
@@ -54,10 +56,10 @@ def plan(
 
 def staged_chunk_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Cached by its inputs' fingerprints: the chunk key hashes every file's URI, size, modification time and
-    metadata row, and the decode config; the staging folder (path and inode) ties it to this output folder.
-    decode_all re-runs a chunk whose cached part has since gone."""
+    metadata row, the decode config and the shard layout; the staging folder (path and inode) ties it to this
+    output folder. decode_all re-runs a chunk whose cached output has since gone."""
     chunk: Chunk = parameters["chunk"]
-    staging = Path(parameters["staging"]).resolve()
+    staging = (Path(parameters["out"]) / STAGING_NAME).resolve()
     inode = staging.stat().st_ino if staging.exists() else 0
     where = hashlib.sha256(f"{staging}:{inode}".encode()).hexdigest()[:16]
     return f"decode-{chunk.key}-{where}"
@@ -74,10 +76,11 @@ def staged_chunk_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
 def decode_chunk(
     chunk: Chunk,
     config: PrepareConfig,
-    staging: Path,
+    layout: ShardLayout,
+    out: Path,
     storage: StorageAccess,
 ) -> Path:
-    return process_chunk_isolated(chunk, config, staging, storage.options())
+    return process_chunk_isolated(chunk, config, layout, out, storage.options())
 
 
 @task(name="commit", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
@@ -103,7 +106,8 @@ def prepare_corpus(
     max_seconds: float = 20.0,
     num_buckets: int = 8,
     shard_mb: float = 256.0,
-    files_per_chunk: int = 16,
+    chunk_mb: float = 512.0,
+    files_per_chunk: int = 10_000,
     workers: int | None = None,
     metadata: str | None = None,
     storage_options: StorageOptions = None,
@@ -128,6 +132,7 @@ def prepare_corpus(
         max_seconds=max_seconds,
         num_buckets=num_buckets,
         shard_mb=shard_mb,
+        chunk_mb=chunk_mb,
         files_per_chunk=files_per_chunk,
         measure_quality=measure_quality,
         vad=vad,
@@ -161,16 +166,16 @@ def decode_all(
     else:
         runner = ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
     with runner:
-        parameters = {"config": config, "staging": run_plan.staging, "storage": storage}
+        parameters = {"config": config, "layout": run_plan.layout, "out": run_plan.out, "storage": storage}
         futures: list[PrefectFuture[Path]] = [
             runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first
         ]
         for future in futures:
             future.result()
-        # A cache hit whose staged part is gone (the folder was cleaned): decode those chunks again.
-        stale = [c for c in run_plan.chunks_largest_first if not part_is_complete(run_plan.staging, c.key)]
+        # A cache hit whose output is gone (the folder was cleaned): decode those chunks again.
+        stale = [c for c in run_plan.chunks_largest_first if not chunk_is_complete(run_plan.out, c.key)]
         if stale:
-            get_run_logger().warning("%d cached chunks lost their staged parts: decoding them again", len(stale))
+            get_run_logger().warning("%d cached chunks lost their output: decoding them again", len(stale))
             again = decode_chunk.with_options(refresh_cache=True)
             for future in [runner.submit(again, {"chunk": c, **parameters}) for c in stale]:
                 future.result()

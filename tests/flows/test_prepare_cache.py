@@ -15,7 +15,7 @@ from prefect.testing.utilities import prefect_test_harness
 import flows.prepare_corpus as prepare_flow
 from tests.corpus import speak
 from w2v.errors import W2VError
-from w2v.prepare.pack import STAGING_NAME
+from w2v.prepare.progress import STAGING_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,8 @@ def test_a_rerun_after_a_failed_commit_takes_decoded_chunks_from_the_cache(
     with prefect_test_harness(server_startup_timeout=120):
         failed = prepare_flow.prepare_corpus(**arguments, return_state=True)
         assert failed.is_failed()
-        # A staged part lost between the runs: its cache entry is stale, and that chunk is decoded again.
-        staged = sorted((tmp_path / "shards" / STAGING_NAME).glob("*.arrow"))
+        # A chunk's index rows lost between the runs: its cache entry is stale, and it is decoded again.
+        staged = sorted((tmp_path / "shards" / STAGING_NAME).glob("*.index.arrow"))
         assert len(staged) == 3
         staged[0].unlink()
         rerun = prepare_flow.prepare_corpus(**arguments, return_state=True)

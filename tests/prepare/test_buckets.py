@@ -1,4 +1,4 @@
-"""Length buckets: equal total duration per bucket, from the corpus' own durations."""
+"""Length buckets: log-spaced edges fixed before decoding, each bucket with the same length ratio."""
 
 from __future__ import annotations
 
@@ -6,32 +6,40 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2v.prepare.buckets import assign_buckets, equal_duration_edges
+from w2v.prepare.buckets import assign_buckets, log_spaced_edges
 
 
-def test_buckets_hold_equal_total_duration_on_a_smooth_corpus() -> None:
-    durations = np.random.default_rng(0).uniform(2.0, 20.0, 20_000)
-    edges = equal_duration_edges(durations, 4)
-    buckets = assign_buckets(durations, edges)
-    totals = np.bincount(buckets, weights=durations)
-    assert len(totals) == 4
-    assert np.allclose(totals / totals.sum(), 0.25, atol=0.01)
+def test_every_bucket_spans_the_same_length_ratio() -> None:
+    edges = np.array(log_spaced_edges(2.0, 20.0, 8))
+    assert edges[0] == 2.0 and edges[-1] == 20.0 and len(edges) == 9
+    ratios = edges[1:] / edges[:-1]
+    assert np.allclose(ratios, 10 ** (1 / 8), rtol=1e-5)
 
 
-def test_fewer_distinct_lengths_than_buckets_gives_fewer_buckets() -> None:
-    durations = np.array([5.0, 5.0, 5.0, 20.0])
-    edges = equal_duration_edges(durations, 8)
-    assert len(set(assign_buckets(durations, edges).tolist())) <= 2
+def test_one_bucket_or_a_single_length_has_only_the_outer_edges() -> None:
+    assert log_spaced_edges(2.0, 20.0, 1) == (2.0, 20.0)
+    assert log_spaced_edges(5.0, 5.0, 8) == (5.0, 5.0)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(min_value=0.1, max_value=30.0), min_size=1, max_size=300), st.integers(1, 12))
-def test_edges_are_sorted_and_every_duration_gets_a_bucket(durations: list[float], num_buckets: int) -> None:
-    array = np.array(durations)
-    edges = equal_duration_edges(array, num_buckets)
-    assert list(edges) == sorted(set(edges))
-    buckets = assign_buckets(array, edges)
-    assert buckets.min() >= 0 and buckets.max() <= len(edges) < num_buckets + 1
+@given(
+    st.lists(st.floats(min_value=0.5, max_value=30.0), min_size=1, max_size=300),
+    st.floats(min_value=0.5, max_value=5.0),
+    st.floats(min_value=1.0, max_value=10.0),
+    st.integers(1, 12),
+)
+def test_every_duration_in_range_gets_the_bucket_its_edges_name(
+    durations: list[float], low: float, factor: float, num_buckets: int
+) -> None:
+    high = low * factor
+    edges = log_spaced_edges(low, high, num_buckets)
+    assert list(edges) == sorted(edges)
+    array = np.clip(np.array(durations), low, high)
+    buckets = assign_buckets(array, edges[1:-1])
+    assert buckets.min() >= 0 and buckets.max() <= max(0, len(edges) - 2)
+    for duration, bucket in zip(array.tolist(), buckets.tolist(), strict=True):
+        assert bucket == 0 or edges[bucket] < duration
+        assert duration <= edges[bucket + 1] or bucket == len(edges) - 2
     # Longer utterances never land in an earlier bucket.
     order = np.argsort(array, kind="stable")
     assert np.all(np.diff(buckets[order]) >= 0)

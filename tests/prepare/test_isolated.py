@@ -51,14 +51,17 @@ from pathlib import Path
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.pipeline import shard_layout
 from w2v.prepare.process import Chunk, SourceTask
+from w2v.shards.manifest import Manifest
 from w2v.storage import list_sources
 chunk = Chunk(key="k", tasks=tuple(SourceTask(s) for s in list_sources([{str(wav)!r}])))
+layout = shard_layout(Manifest(sample_rate=16_000), PrepareConfig())
 try:
-    process_chunk_isolated(chunk, PrepareConfig(), Path({str(tmp_path / "staging")!r}))
+    process_chunk_isolated(chunk, PrepareConfig(), layout, Path({str(tmp_path / "out")!r}))
 except W2VError as error:
     print("REFUSED:", error)
 """
     result = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
     assert "REFUSED: a worker process: worker process died" in result.stdout, result.stdout + result.stderr[-2000:]
-    assert not (tmp_path / "staging").exists()
+    assert not (tmp_path / "out").exists()

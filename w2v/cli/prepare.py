@@ -27,8 +27,9 @@ def prepare(
         Path | None, typer.Option(help="CSV/JSONL with a `path` column and any of text, speaker, label.")
     ] = None,
     shard_mb: Annotated[float, typer.Option(help="Largest shard size in MiB.")] = 256.0,
-    num_buckets: Annotated[int, typer.Option(help="Length buckets of equal total duration.")] = 8,
-    files_per_chunk: Annotated[int, typer.Option(help="Files per decode task (unit of retry).")] = 16,
+    num_buckets: Annotated[int, typer.Option(help="Length buckets (log-spaced from min to max seconds).")] = 8,
+    chunk_mb: Annotated[float, typer.Option(help="Source MiB per decode task (unit of work and retry).")] = 512.0,
+    files_per_chunk: Annotated[int, typer.Option(help="Most files per decode task.")] = 10_000,
     storage_options: Annotated[
         str | None, typer.Option(help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://…"}\'.')
     ] = None,
@@ -65,6 +66,7 @@ def prepare(
                 max_seconds=max_seconds,
                 num_buckets=num_buckets,
                 shard_mb=shard_mb,
+                chunk_mb=chunk_mb,
                 files_per_chunk=files_per_chunk,
                 workers=workers,
                 metadata=str(metadata) if metadata else None,

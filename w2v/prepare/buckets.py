@@ -1,29 +1,25 @@
-"""Length buckets with equal total duration, computed from the corpus' own durations."""
+"""Length buckets of a shard folder: log-spaced edges between the shortest and longest utterance kept.
+
+The edges are fixed before any audio is decoded (a folder keeps its first run's edges), so every worker files
+its utterances into the same buckets on its own. Log spacing gives every bucket the same ratio between its
+longest and shortest utterance, so the padding a batch of one bucket could carry is bounded the same way in
+each; the batch planner draws its own buckets from the index at train time.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def equal_duration_edges(durations_seconds: np.ndarray, num_buckets: int) -> tuple[float, ...]:
-    """Inner bucket edges (ascending, unique) that split the summed duration into `num_buckets` equal parts.
-
-    Bucket k holds durations d with edges[k-1] < d <= edges[k]; fewer distinct durations than buckets
-    gives fewer buckets.
-    """
-    if durations_seconds.size == 0 or num_buckets <= 1:
-        return ()
-    ordered = np.sort(durations_seconds.astype(np.float64))
-    cumulative = np.cumsum(ordered)
-    total = cumulative[-1]
-    edges = []
-    for k in range(1, num_buckets):
-        index = int(np.searchsorted(cumulative, total * k / num_buckets, side="left"))
-        edges.append(float(ordered[min(index, ordered.size - 1)]))
-    largest = float(ordered[-1])
-    return tuple(e for e in sorted(set(edges)) if e < largest)
+def log_spaced_edges(min_seconds: float, max_seconds: float, num_buckets: int) -> tuple[float, ...]:
+    """All edges, min_seconds first and max_seconds last: `num_buckets` buckets of equal length ratio."""
+    if num_buckets <= 1 or min_seconds >= max_seconds:
+        return (float(min_seconds), float(max_seconds))
+    inner = np.geomspace(min_seconds, max_seconds, num_buckets + 1)[1:-1]
+    return (float(min_seconds), *(round(float(e), 6) for e in inner), float(max_seconds))
 
 
 def assign_buckets(durations_seconds: np.ndarray, inner_edges: tuple[float, ...]) -> np.ndarray:
-    """The bucket index of each duration under `inner_edges` (0 .. len(inner_edges))."""
+    """The bucket index of each duration under `inner_edges` (0 .. len(inner_edges)); bucket k holds
+    durations d with inner_edges[k-1] < d <= inner_edges[k]."""
     return np.searchsorted(np.asarray(inner_edges, dtype=np.float64), durations_seconds, side="left")

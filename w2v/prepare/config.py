@@ -12,7 +12,7 @@ from w2v.prepare.filters import QualityThresholds
 from w2v.vad import DETECTORS
 
 # Settings that change only how utterances are packed into shards, not which utterances there are.
-PACKING_FIELDS = frozenset({"shard_mb", "num_buckets", "files_per_chunk"})
+PACKING_FIELDS = frozenset({"shard_mb", "num_buckets", "chunk_mb", "files_per_chunk"})
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,9 @@ class PrepareConfig:
     max_seconds: float = 20.0
     num_buckets: int = 8
     shard_mb: float = 256.0
-    files_per_chunk: int = 16
+    # A decode task (the unit of work and retry): about this many source bytes, at most this many files.
+    chunk_mb: float = 512.0
+    files_per_chunk: int = 10_000
     # Cuts of long recordings land at the quietest frame within half this distance of an even split.
     search_seconds: float = 2.0
     resample_quality: str = "HQ"
@@ -45,6 +47,8 @@ class PrepareConfig:
             raise W2VError(f"num_buckets must be at least 1, got {self.num_buckets}")
         if self.shard_mb <= 0:
             raise W2VError(f"shard_mb must be positive, got {self.shard_mb}")
+        if self.chunk_mb <= 0:
+            raise W2VError(f"chunk_mb must be positive, got {self.chunk_mb}")
         if self.files_per_chunk < 1:
             raise W2VError(f"files_per_chunk must be at least 1, got {self.files_per_chunk}")
         if self.vad not in DETECTORS:

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.process import Chunk, SourceTask, part_is_complete, part_paths, process_chunk, write_part
+from w2v.prepare.process import Chunk, SourceTask, process_chunk
+from w2v.prepare.shard_writer import STAGING_NAME, ChunkWriter, ShardLayout, chunk_is_complete, record_path
 from w2v.shards.manifest import SourceEntry
 
 T = TypeVar("T")
@@ -42,14 +43,17 @@ class ChildCrashed(W2VError):
 
 
 def process_chunk_isolated(
-    chunk: Chunk, config: PrepareConfig, staging: Path, storage_options: dict[str, Any] | None = None
+    chunk: Chunk,
+    config: PrepareConfig,
+    layout: ShardLayout,
+    out: Path,
+    storage_options: dict[str, Any] | None = None,
 ) -> Path:
     """`process_chunk` in a child process; survives a decoder crash by isolating the file that caused it."""
-    json_path = part_paths(staging, chunk.key)[1]
-    if part_is_complete(staging, chunk.key):
-        return json_path
+    if chunk_is_complete(out, chunk.key):
+        return record_path(out / STAGING_NAME, chunk.key)
     try:
-        return run_in_child(process_chunk, (chunk, config, staging, storage_options), f"chunk {chunk.key}")
+        return run_in_child(process_chunk, (chunk, config, layout, out, storage_options), f"chunk {chunk.key}")
     except ChildCrashed as crash:
         # Blame a file only if a child can run at all: otherwise every file would be quarantined for a
         # broken environment.
@@ -57,14 +61,15 @@ def process_chunk_isolated(
             run_in_child(_alive, (), "a worker process")
         except ChildCrashed as canary:
             raise W2VError(f"{canary}; no file was decoded (first failure: {crash})") from crash
-    results = []
+    # Shards the crashed child wrote are overwritten by the same names, or left unreferenced for the commit.
+    writer = ChunkWriter(out, chunk.key, layout)
     for task in chunk.tasks:
         try:
-            results.append(run_in_child(_process_one, (task, config, storage_options), task.source.uri))
+            writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri))
         except ChildCrashed as crash:
             entry = SourceEntry(**task.entry_fields(), status="rejected", reason="decode_crash", error=str(crash))
-            results.append((entry, []))
-    return write_part(chunk.key, staging, results)
+            writer.add(entry, [])
+    return writer.finish()
 
 
 def _alive() -> bool:

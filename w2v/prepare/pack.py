@@ -1,29 +1,26 @@
-"""Commit a run: deduplicate, bucket by length, write shards, then the rejects file and the manifest, last.
+"""Commit a run: take the chunks' shards, deduplicate, write the index, the rejects file and the manifest, last.
 
-Until manifest.json is renamed into place nothing a reader sees has changed; files a crash leaves behind are
-unreferenced and removed by the next commit.
+The workers wrote the final shards (w2v.prepare.shard_writer); the commit reads only their records and index
+rows. What it rewrites follows the change: the shards holding utterances of sources that changed since the
+last run or that turn out to duplicate audio already kept. Until manifest.json is renamed into place nothing
+a reader sees has changed; files a crash leaves behind are unreferenced and removed by the next commit.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import shutil
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from w2v.prepare.buckets import assign_buckets, equal_duration_edges
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.process import part_paths, read_part
 from w2v.prepare.progress import STAGING_NAME
+from w2v.prepare.shard_writer import ChunkRecord, ShardLayout, read_chunk_record, write_shard
 from w2v.shards.histograms import BINS, can_merge, merged_histograms, quality_histograms, table_histograms
-from w2v.shards.index import index_file_name, shard_index, write_index
+from w2v.shards.index import index_file_name, read_index_file, shard_index, write_index
 from w2v.shards.manifest import (
     REJECTS_NAME,
     IndexEntry,
@@ -34,60 +31,45 @@ from w2v.shards.manifest import (
     write_manifest,
     write_text_atomic,
 )
-from w2v.shards.table import read_stream, write_stream_atomic
+from w2v.shards.table import read_stream
 
 SHARD_GLOB = "*.arrow"
-
-
-@dataclass(frozen=True)
-class _Row:
-    part: int
-    row: int
-    num_samples: int
-    id: str
 
 
 def commit(
     out: Path,
     previous: Manifest,
-    part_keys: list[str],
+    chunk_keys: list[str],
     config: PrepareConfig,
+    layout: ShardLayout,
     versions: dict[str, str],
     last_run: dict[str, Any],
     now: str,
 ) -> Manifest:
-    """Fold the staged parts into the shard folder and return the manifest that was written."""
-    staging = out / STAGING_NAME
-    generation = previous.generation + 1
-    parts = [read_stream(part_paths(staging, key)[0]) for key in part_keys]
-    staged: dict[str, tuple[SourceEntry, int]] = {}
-    for index, key in enumerate(part_keys):
-        for entry in read_part(part_paths(staging, key)[1]):
-            staged[entry.uri] = (entry, index)
-
+    """Fold the finished chunks into the shard folder and return the manifest that was written."""
+    records = [read_chunk_record(out, key) for key in chunk_keys]
+    staged = {entry.uri: entry for record in records for entry in record.sources}
     replaced = {uri for uri in staged if uri in previous.sources}
     sources = {uri: s for uri, s in previous.sources.items() if uri not in replaced}
-    sources.update(_deduplicate(sources, {uri: entry for uri, (entry, _) in staged.items()}))
+    sources.update(_deduplicate(sources, staged))
+    # Sources whose rows a worker wrote but that the commit turned down (duplicates of audio already kept).
+    turned_down = {uri for uri, entry in staged.items() if entry.status == "kept" and sources[uri].status != "kept"}
 
-    new_rows = _rows_to_pack(parts, staged, sources)
-    edges = previous.bucket_edges_seconds
-    if not edges and new_rows:
-        durations = np.array([r.num_samples for r in new_rows]) / config.sample_rate
-        inner = equal_duration_edges(durations, config.num_buckets)
-        edges = (config.min_seconds, *inner, config.max_seconds)
-    kept, removed = _rewrite_shards_without(out, previous, replaced, generation, config.sample_rate)
-    new = _write_new_shards(out, parts, new_rows, edges, generation, config)
+    old, old_removed, old_rewritten = _shards_without(out, previous.shards, replaced, layout)
+    new_shards = [shard for record in records for shard in record.shards]
+    new, new_removed, new_rewritten = _shards_without(out, new_shards, turned_down, layout)
+    rewritten = {**old_rewritten, **new_rewritten}
 
-    all_shards = tuple(sorted([*kept, *new], key=lambda s: (s.bucket, s.path)))
-    written = [s.path for s in all_shards if s.path not in {p.path for p in previous.shards}]
+    all_shards = tuple(sorted([*old, *new], key=lambda s: (s.bucket, s.path)))
+    index_rows = [*_chunk_index_rows(records, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
     manifest = previous.with_changes(
         sample_rate=config.sample_rate,
-        generation=generation,
-        bucket_edges_seconds=tuple(edges),
+        generation=layout.generation,
+        bucket_edges_seconds=layout.edges_seconds,
         shards=all_shards,
-        index=updated_index(out, previous.index, written, all_shards, generation),
+        index=updated_index(out, previous.index, index_rows, all_shards, layout.generation),
         sources=sources,
-        quality_histograms=_histograms(out, previous, new, removed, all_shards),
+        quality_histograms=_histograms(out, previous, records, [*old_removed, *new_removed], all_shards),
         config=config.to_dict(),
         versions=versions,
         last_run=last_run,
@@ -119,142 +101,75 @@ def _deduplicate(kept_before: dict[str, SourceEntry], staged: dict[str, SourceEn
     return result
 
 
-def _rows_to_pack(
-    parts: list[pa.Table], staged: dict[str, tuple[SourceEntry, int]], sources: dict[str, SourceEntry]
-) -> list[_Row]:
-    wanted_parts = {staged[uri][1] for uri, s in sources.items() if uri in staged and s.status == "kept"}
-    rows = []
-    for index in sorted(wanted_parts):
-        table = parts[index]
-        ids = table.column("id").to_pylist()
-        owners = table.column("source").to_pylist()
-        lengths = table.column("num_samples").to_numpy()
-        for row, (utterance_id, uri) in enumerate(zip(ids, owners, strict=True)):
-            if sources[uri].status == "kept" and staged.get(uri, (None, -1))[1] == index:
-                rows.append(_Row(index, row, int(lengths[row]), utterance_id))
-    return rows
-
-
-def _write_new_shards(
-    out: Path,
-    parts: list[pa.Table],
-    rows: list[_Row],
-    edges: tuple[float, ...],
-    generation: int,
-    config: PrepareConfig,
-) -> list[ShardEntry]:
-    if not rows:
-        return []
-    inner = tuple(edges[1:-1])
-    durations = np.array([r.num_samples for r in rows]) / config.sample_rate
-    by_bucket: dict[int, list[_Row]] = defaultdict(list)
-    for row, bucket in zip(rows, assign_buckets(durations, inner), strict=True):
-        by_bucket[int(bucket)].append(row)
-    max_bytes = config.shard_mb * (1 << 20)
-    planned = []
-    for bucket, members in sorted(by_bucket.items()):
-        members.sort(key=lambda r: (r.num_samples, r.id))
-        for number, group in enumerate(_split_by_bytes(members, max_bytes)):
-            planned.append((out / f"b{bucket:02d}-g{generation:05d}-{number:04d}.arrow", bucket, group))
-
-    def write(path: Path, bucket: int, group: list[_Row]) -> ShardEntry:
-        return _write_shard(path, _gather(parts, group), bucket, config.sample_rate)
-
-    # Copying rows, hashing and fsync release the GIL: shards are written side by side, in a fixed order.
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda plan: write(*plan), planned))
-
-
-def _split_by_bytes(rows: list[_Row], max_bytes: float) -> list[list[_Row]]:
-    groups: list[list[_Row]] = [[]]
-    size = 0
-    for row in rows:
-        row_bytes = 2 * row.num_samples
-        if groups[-1] and size + row_bytes > max_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(row)
-        size += row_bytes
-    return groups
-
-
-def _gather(parts: list[pa.Table], rows: list[_Row]) -> pa.Table:
-    """Take `rows` (already in shard order) out of the staged parts."""
-    pieces = []
-    start = 0
-    while start < len(rows):
-        end = start
-        while end < len(rows) and rows[end].part == rows[start].part:
-            end += 1
-        indices = pa.array([r.row for r in rows[start:end]], pa.int64())
-        pieces.append(parts[rows[start].part].take(indices))
-        start = end
-    return pa.concat_tables(pieces).combine_chunks()
-
-
-def _write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> ShardEntry:
-    written = write_stream_atomic(table, path)
-    seconds = float(pc.sum(table.column("num_samples")).as_py() or 0) / sample_rate
-    return ShardEntry(
-        path=path.name,
-        bucket=bucket,
-        rows=table.num_rows,
-        seconds=seconds,
-        bytes=written.bytes,
-        sha256=written.sha256,
-    )
+def _chunk_index_rows(records: list[ChunkRecord], shards: set[str]) -> list[pa.Table]:
+    """The index rows the workers wrote, of the shards in `shards` (those the commit did not rewrite)."""
+    tables = []
+    for record in records:
+        table = read_index_file(record.index_path)
+        if not table.num_rows:
+            continue
+        names = pc.cast(table.column("shard"), pa.string())
+        tables.append(table.filter(pc.is_in(names, value_set=pa.array(sorted(shards), pa.string()))))
+    return tables
 
 
 def updated_index(
     out: Path,
     previous: tuple[IndexEntry, ...],
-    written: list[str],
+    rows: list[pa.Table],
     shards: tuple[ShardEntry, ...],
     generation: int,
 ) -> tuple[IndexEntry, ...]:
-    """The index files after a commit: those still covering a shard of the folder, and one for the shards
-    written now (its cost follows the change: only they are read, and only their small columns)."""
+    """The index files after a commit: those still covering a shard of the folder, and one holding `rows`,
+    the index rows of the shards written now (its cost follows the change)."""
     alive = {s.path for s in shards}
     kept = tuple(entry for entry in previous if alive & set(entry.shards))
-    if not written:
+    if not any(table.num_rows for table in rows):
         return kept
-    return (*kept, write_index(out, index_file_name(generation), [shard_index(out, path) for path in written]))
+    return (*kept, write_index(out, index_file_name(generation), [t for t in rows if t.num_rows]))
 
 
 def _histograms(
-    out: Path, previous: Manifest, new: list[ShardEntry], removed: list[pa.Table], shards: tuple[ShardEntry, ...]
+    out: Path, previous: Manifest, records: list[ChunkRecord], removed: list[pa.Table], shards: tuple[ShardEntry, ...]
 ) -> dict[str, Any]:
-    """The quality histograms after this commit: the previous counts, plus the new shards' rows, minus the
-    rows removed (its cost follows the change); from every shard only when the previous ones are on other
-    bins (made by an older version)."""
+    """The quality histograms after this commit: the previous counts, plus the rows the workers wrote (their
+    records carry the counts), minus the rows removed (its cost follows the change); from every shard only
+    when the previous ones are on other bins (made by an older version)."""
     if previous.shards and not can_merge(previous.quality_histograms):
         return quality_histograms([out / s.path for s in shards])
-    before = previous.quality_histograms if previous.shards else table_histograms(None)
-    gone = table_histograms(pa.concat_tables(removed) if removed else None)
-    return merged_histograms(before, quality_histograms([out / s.path for s in new]), gone)
+    total = previous.quality_histograms if previous.shards else table_histograms(None)
+    nothing = table_histograms(None)
+    for record in records:
+        for added in record.histograms:
+            total = merged_histograms(total, added, nothing)
+    return merged_histograms(total, nothing, table_histograms(pa.concat_tables(removed) if removed else None))
 
 
-def _rewrite_shards_without(
-    out: Path, previous: Manifest, replaced: set[str], generation: int, sample_rate: int
-) -> tuple[list[ShardEntry], list[pa.Table]]:
-    """Keep old shards as they are, except those holding utterances of changed files: rewrite those.
-    Returns the shards, and the quality columns of the rows removed."""
-    if not replaced:
-        return list(previous.shards), []
-    gone = pa.array(sorted(replaced), pa.string())
-    kept, removed = [], []
-    for number, shard in enumerate(previous.shards):
+def _shards_without(
+    out: Path, shards: list[ShardEntry] | tuple[ShardEntry, ...], gone: set[str], layout: ShardLayout
+) -> tuple[list[ShardEntry], list[pa.Table], dict[str, ShardEntry]]:
+    """`shards`, with those holding rows of the sources `gone` rewritten without them (or dropped when
+    nothing is left). Returns the shards, the quality columns of the rows removed, and the rewritten
+    shards by their new names."""
+    if not gone:
+        return list(shards), [], {}
+    value_set = pa.array(sorted(gone), pa.string())
+    kept, removed, rewritten = [], [], {}
+    for shard in shards:
         table = read_stream(out / shard.path)
-        mask = pc.invert(pc.is_in(table.column("source"), value_set=gone))
+        mask = pc.invert(pc.is_in(table.column("source"), value_set=value_set))
         if pc.all(mask).as_py():
             kept.append(shard)
             continue
         removed.append(table.filter(pc.invert(mask)).select(list(BINS)))
         remaining = table.filter(mask)
         if remaining.num_rows:
-            name = f"b{shard.bucket:02d}-g{generation:05d}-r{number:04d}.arrow"
-            kept.append(_write_shard(out / name, remaining.combine_chunks(), shard.bucket, sample_rate))
-    return kept, removed
+            tag = hashlib.sha256(shard.path.encode()).hexdigest()[:12]
+            name = f"b{shard.bucket:02d}-g{layout.generation:05d}-r{tag}.arrow"
+            entry = write_shard(out / name, remaining.combine_chunks(), shard.bucket, layout.sample_rate)
+            kept.append(entry)
+            rewritten[name] = entry
+    return kept, removed, rewritten
 
 
 def remove_unreferenced(out: Path, manifest: Manifest) -> None:

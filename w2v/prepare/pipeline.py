@@ -20,13 +20,15 @@ import soxr
 
 import w2v
 from w2v.errors import ManifestError
+from w2v.prepare.buckets import log_spaced_edges
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.isolated import process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.metadata import load_metadata
-from w2v.prepare.pack import STAGING_NAME, commit
+from w2v.prepare.pack import commit
 from w2v.prepare.process import Chunk, SourceTask, plan_chunks
-from w2v.prepare.progress import write_plan_record
+from w2v.prepare.progress import STAGING_NAME, write_plan_record
+from w2v.prepare.shard_writer import ShardLayout
 from w2v.shards.manifest import Manifest, SourceEntry, read_manifest_or_none
 from w2v.storage import list_sources
 
@@ -37,6 +39,7 @@ class RunPlan:
 
     out: Path
     previous: Manifest
+    layout: ShardLayout
     listed: int
     unchanged: int
     chunks: tuple[Chunk, ...]
@@ -49,7 +52,7 @@ class RunPlan:
     def chunks_largest_first(self) -> list[Chunk]:
         """The order to decode in: the biggest chunks first, so no worker is left with a long one at the end.
         (Keys and outputs do not depend on the order.)"""
-        return sorted(self.chunks, key=lambda c: -sum(t.source.size for t in c.tasks))
+        return sorted(self.chunks, key=lambda c: -c.source_bytes)
 
     @property
     def files_to_decode(self) -> int:
@@ -72,15 +75,31 @@ def plan_run(
     metadata = load_metadata(metadata_path) if metadata_path else {}
     tasks = [SourceTask(s, metadata.get(s.uri)) for s in list_sources(sources, storage_options)]
     todo = [t for t in tasks if not _unchanged(previous, t)]
+    layout = shard_layout(previous, config)
     run_plan = RunPlan(
         out=out,
         previous=previous,
+        layout=layout,
         listed=len(tasks),
         unchanged=len(tasks) - len(todo),
-        chunks=tuple(plan_chunks(todo, config)),
+        chunks=tuple(plan_chunks(todo, config, layout)),
     )
     write_plan_record(run_plan.staging, run_plan.files_to_decode, len(run_plan.chunks))
     return run_plan
+
+
+def shard_layout(previous: Manifest, config: PrepareConfig) -> ShardLayout:
+    """The next generation's layout: the folder's bucket edges (a new folder's from the config), so that
+    every worker buckets alike before anything is decoded."""
+    edges = previous.bucket_edges_seconds or log_spaced_edges(
+        config.min_seconds, config.max_seconds, config.num_buckets
+    )
+    return ShardLayout(
+        generation=previous.generation + 1,
+        edges_seconds=tuple(edges),
+        shard_bytes=max(1, round(config.shard_mb * (1 << 20))),
+        sample_rate=config.sample_rate,
+    )
 
 
 def check_compatible(previous: Manifest, config: PrepareConfig, out: Path) -> None:
@@ -113,7 +132,7 @@ def commit_run(plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:
         "files_decoded": plan.files_to_decode,
     }
     keys = [c.key for c in plan.chunks]
-    return commit(plan.out, plan.previous, keys, config, library_versions(), last_run, now)
+    return commit(plan.out, plan.previous, keys, config, plan.layout, library_versions(), last_run, now)
 
 
 def prepare(
@@ -144,7 +163,7 @@ def decode_chunks(
     # Threads only wait here: each chunk is decoded in a child process of its own.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         futures = {
-            pool.submit(process_chunk_isolated, c, config, plan.staging, storage_options): c
+            pool.submit(process_chunk_isolated, c, config, plan.layout, plan.out, storage_options): c
             for c in plan.chunks_largest_first
         }
         for future in as_completed(futures):

@@ -1,8 +1,7 @@
 """Turn raw sources into utterances (decode, downmix, resample, int16, segment), a chunk of files at a time.
 
-Each chunk is written to the staging folder as an Arrow part plus a JSON record of every source's outcome;
-the JSON is renamed into place last, so a part is either complete or absent, and a re-run after a crash
-reuses every finished chunk.
+A chunk's utterances go straight into its final shards (w2v.prepare.shard_writer); a chunk is done when its
+record is in the staging folder, so a re-run after a crash reuses every finished chunk.
 """
 
 from __future__ import annotations
@@ -23,8 +22,9 @@ from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import every_piece_failed, first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
-from w2v.shards.manifest import SourceEntry, source_entry_from_json, source_entry_to_json, write_text_atomic
-from w2v.shards.table import Utterance, utterance_table, write_scratch_stream
+from w2v.prepare.shard_writer import STAGING_NAME, ChunkWriter, ShardLayout, chunk_is_complete, record_path
+from w2v.shards.manifest import SourceEntry
+from w2v.shards.table import Utterance
 from w2v.storage import Source, open_source
 from w2v.vad import speech_detector
 
@@ -50,72 +50,60 @@ class SourceTask:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A unit of work and of retry: a few files, named by a hash of what they are and how they're decoded."""
+    """A unit of work and of retry: files whose sizes add up to about `chunk_mb`, named by a hash of what
+    they are, how they are decoded and where their shards go."""
 
     key: str
     tasks: tuple[SourceTask, ...]
 
+    @property
+    def source_bytes(self) -> int:
+        return sum(t.source.size for t in self.tasks)
+
 
 # A run is split into at least this many chunks (when it has the files), so every worker stays busy.
-MIN_CHUNKS = 16
+MIN_CHUNKS = 8
 
 
-def plan_chunks(tasks: list[SourceTask], config: PrepareConfig) -> list[Chunk]:
-    """Split tasks (in URI order) into chunks of at most `files_per_chunk` files, and at least MIN_CHUNKS
-    chunks where there are enough files; keys depend only on the files and the decode config."""
+def plan_chunks(tasks: list[SourceTask], config: PrepareConfig, layout: ShardLayout) -> list[Chunk]:
+    """Split tasks (in URI order) into chunks of at most `chunk_mb` source bytes (or one larger file) and at
+    most `files_per_chunk` files, and into at least MIN_CHUNKS chunks where there are enough files; keys depend only on the files,
+    the decode config and the layout."""
     ordered = sorted(tasks, key=lambda t: t.source.uri)
-    size = max(1, min(config.files_per_chunk, math.ceil(len(ordered) / MIN_CHUNKS)))
+    total = sum(t.source.size for t in ordered)
+    target = max(1, min(config.chunk_mb * (1 << 20), math.ceil(total / MIN_CHUNKS)))
+    groups: list[list[SourceTask]] = []
+    size = 0
+    for task in ordered:
+        full = groups and (size + task.source.size > target or len(groups[-1]) >= config.files_per_chunk)
+        if not groups or full:
+            groups.append([])
+            size = 0
+        groups[-1].append(task)
+        size += task.source.size
     chunks = []
-    for i in range(0, len(ordered), size):
-        group = tuple(ordered[i : i + size])
-        h = hashlib.sha256(config.decode_fingerprint().encode())
+    for group in groups:
+        h = hashlib.sha256(f"{config.decode_fingerprint()}:{layout.fingerprint()}".encode())
         for task in group:
             h.update(json.dumps(task.entry_fields(), sort_keys=True).encode())
-        chunks.append(Chunk(key=h.hexdigest()[:20], tasks=group))
+        chunks.append(Chunk(key=h.hexdigest()[:20], tasks=tuple(group)))
     return chunks
 
 
-def part_paths(staging: Path, key: str) -> tuple[Path, Path]:
-    return staging / f"{key}.arrow", staging / f"{key}.json"
-
-
 def process_chunk(
-    chunk: Chunk, config: PrepareConfig, staging: Path, storage_options: dict[str, Any] | None = None
+    chunk: Chunk,
+    config: PrepareConfig,
+    layout: ShardLayout,
+    out: Path,
+    storage_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Decode a chunk into a staging part; returns the part's JSON record (done at once if it exists)."""
-    json_path = part_paths(staging, chunk.key)[1]
-    if part_is_complete(staging, chunk.key):
-        return json_path
-    return write_part(chunk.key, staging, [process_source(t, config, storage_options) for t in chunk.tasks])
-
-
-def write_part(key: str, staging: Path, results: list[tuple[SourceEntry, list[Utterance]]]) -> Path:
-    """Write a chunk's rows, then its JSON record (the commit marker of the part); returns the JSON path."""
-    arrow_path, json_path = part_paths(staging, key)
-    staging.mkdir(parents=True, exist_ok=True)
-    rows = [row for _, utterances in results for row in utterances]
-    record = {
-        "key": key,
-        "arrow_bytes": write_scratch_stream(utterance_table(rows), arrow_path),
-        "sources": [source_entry_to_json(entry) for entry, _ in results],
-    }
-    write_text_atomic(json_path, json.dumps(record) + "\n")
-    return json_path
-
-
-def part_is_complete(staging: Path, key: str) -> bool:
-    """Whether a chunk's part is there whole: its record exists and names the size its rows file has."""
-    arrow_path, json_path = part_paths(staging, key)
-    try:
-        record = json.loads(json_path.read_text())
-        return bool(arrow_path.stat().st_size == record["arrow_bytes"])
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def read_part(json_path: Path) -> list[SourceEntry]:
-    record = json.loads(json_path.read_text())
-    return [source_entry_from_json(e) for e in record["sources"]]
+    """Decode a chunk into its final shards in `out`; returns its record (at once if it is done already)."""
+    if chunk_is_complete(out, chunk.key):
+        return record_path(out / STAGING_NAME, chunk.key)
+    writer = ChunkWriter(out, chunk.key, layout)
+    for task in chunk.tasks:
+        writer.add(*process_source(task, config, storage_options))
+    return writer.finish()
 
 
 def process_source(

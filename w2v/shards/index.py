@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from w2v.errors import ShardError
 from w2v.shards.manifest import IndexEntry, write_bytes_atomic
+from w2v.shards.schema import ROWS_PER_BATCH
 from w2v.shards.table import read_stream
 
 INDEX_SCHEMA = pa.schema(
@@ -76,7 +77,14 @@ def shard_index(folder: Path, shard: str) -> pa.Table:
         table = read_stream(path)
     except (OSError, pa.ArrowInvalid) as error:
         raise ShardError(f"{path}: cannot be read as a shard ({error}); run w2v shards verify") from error
-    chunk_rows = [len(chunk) for chunk in table.column("audio").chunks]
+    return table_index(table, shard)
+
+
+def table_index(table: pa.Table, shard: str) -> pa.Table:
+    """The index rows of a shard's table under the shard file name `shard`: the table as read, or as about to
+    be written (each of its chunks becomes record batches of at most ROWS_PER_BATCH rows)."""
+    lengths = [len(chunk) for chunk in table.column("audio").chunks]
+    chunk_rows = [min(ROWS_PER_BATCH, n - start) for n in lengths for start in range(0, n, ROWS_PER_BATCH)]
     batch = np.repeat(np.arange(len(chunk_rows), dtype=np.int32), chunk_rows)
     row = np.concatenate([np.arange(n, dtype=np.int32) for n in chunk_rows] or [np.zeros(0, np.int32)])
     sources = table.column("source").combine_chunks().dictionary_encode()

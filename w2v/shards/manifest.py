@@ -250,15 +250,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder."""
+def write_bytes_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder (without `sync`,
+    whole or absent after a crash of the process, not of the machine)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -1,0 +1,183 @@
+"""A worker's output: the final shards of one chunk, written where the corpus lives, plus a small record.
+
+The worker that decodes a chunk files its utterances into length buckets (edges fixed before the run) and
+writes each bucket's rows, sorted by length, as finished shards named `bBB-gGGGGG-cKEY-NNNN.arrow` (bucket,
+generation, chunk), each renamed into place whole. It then writes the chunk's index rows and its record —
+every source's outcome, the shards with their sizes and checksums, their quality histograms — into the
+staging folder, the record last: a chunk is done when its record is there and its files have the sizes the
+record names. The commit reads only records and index rows; no audio byte is copied again. Until the manifest
+names them, these shards are invisible to readers and removed by the next commit if it does not take them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from w2v.prepare.buckets import assign_buckets
+from w2v.prepare.progress import STAGING_NAME
+from w2v.shards.histograms import table_histograms
+from w2v.shards.index import INDEX_SCHEMA, table_index
+from w2v.shards.manifest import (
+    ShardEntry,
+    SourceEntry,
+    source_entry_from_json,
+    source_entry_to_json,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
+
+# Decoded audio a chunk writer holds before it writes its fullest bucket out early (a compressed source
+# decodes to several times its size): a worker's memory stays near this whatever the chunk holds.
+BUFFER_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """How a run's utterances become shards: the generation it writes, the bucket edges (all of them, in
+    seconds, min_seconds first), the most audio bytes per shard, the sample rate."""
+
+    generation: int
+    edges_seconds: tuple[float, ...]
+    shard_bytes: int
+    sample_rate: int
+
+    def buckets(self, num_samples: np.ndarray) -> np.ndarray:
+        return assign_buckets(num_samples / self.sample_rate, tuple(self.edges_seconds[1:-1]))
+
+    def shard_name(self, bucket: int, chunk_key: str, number: int) -> str:
+        return f"b{bucket:02d}-g{self.generation:05d}-c{chunk_key[:12]}-{number:04d}.arrow"
+
+    def fingerprint(self) -> str:
+        """Part of each chunk's key: a chunk's shards depend on the layout as much as on its files."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """What a finished chunk left: its sources' outcomes, its shards, and where its index rows are."""
+
+    key: str
+    sources: tuple[SourceEntry, ...]
+    shards: tuple[ShardEntry, ...]
+    histograms: tuple[dict[str, Any], ...]  # per shard, as table_histograms
+    index_path: Path
+
+
+def record_path(staging: Path, key: str) -> Path:
+    return staging / f"{key}.json"
+
+
+def index_path(staging: Path, key: str) -> Path:
+    return staging / f"{key}.index.arrow"
+
+
+class ChunkWriter:
+    """Collects a chunk's decoded sources and writes them as final shards into `out` (see the module doc)."""
+
+    def __init__(self, out: Path, key: str, layout: ShardLayout, buffer_bytes: int = BUFFER_BYTES) -> None:
+        self.out = out
+        self.key = key
+        self.layout = layout
+        self.buffer_bytes = max(buffer_bytes, layout.shard_bytes)
+        self._sources: list[SourceEntry] = []
+        self._pending: dict[int, list[Utterance]] = defaultdict(list)
+        self._pending_bytes: dict[int, int] = defaultdict(int)
+        self._written: list[tuple[ShardEntry, pa.Table, dict[str, Any]]] = []
+        self._numbers: dict[int, int] = defaultdict(int)
+
+    def add(self, entry: SourceEntry, utterances: list[Utterance]) -> None:
+        """One source's outcome and its rows; writes a bucket out once it holds a shard's worth."""
+        self._sources.append(entry)
+        if not utterances:
+            return
+        lengths = np.array([u.audio.shape[0] for u in utterances], dtype=np.int64)
+        for utterance, bucket in zip(utterances, self.layout.buckets(lengths).tolist(), strict=True):
+            self._pending[bucket].append(utterance)
+            self._pending_bytes[bucket] += utterance.audio.nbytes
+            if self._pending_bytes[bucket] >= self.layout.shard_bytes:
+                self._flush(bucket)
+        while sum(self._pending_bytes.values()) > self.buffer_bytes:
+            self._flush(max(self._pending_bytes, key=lambda b: self._pending_bytes[b]))
+
+    def finish(self) -> Path:
+        """Write what is left, then the index rows and the record (last); returns the record's path."""
+        for bucket in sorted(self._pending):
+            self._flush(bucket)
+        staging = self.out / STAGING_NAME
+        staging.mkdir(parents=True, exist_ok=True)
+        tables = [index for _, index, _ in self._written]
+        index_bytes = write_index_rows(index_path(staging, self.key), tables)
+        record = {
+            "key": self.key,
+            "sources": [source_entry_to_json(entry) for entry in self._sources],
+            "shards": [{**asdict(entry), "histograms": histograms} for entry, _, histograms in self._written],
+            "index_bytes": index_bytes,
+        }
+        path = record_path(staging, self.key)
+        write_text_atomic(path, json.dumps(record) + "\n")
+        return path
+
+    def _flush(self, bucket: int) -> None:
+        rows = self._pending.pop(bucket, [])
+        self._pending_bytes.pop(bucket, None)
+        if not rows:
+            return
+        rows.sort(key=lambda u: (u.audio.shape[0], u.id))
+        name = self.layout.shard_name(bucket, self.key, self._numbers[bucket])
+        self._numbers[bucket] += 1
+        table = utterance_table(rows)
+        entry = write_shard(self.out / name, table, bucket, self.layout.sample_rate)
+        self._written.append((entry, table_index(table, name), table_histograms(table)))
+
+
+def write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> ShardEntry:
+    """Write `table` as the shard `path` (renamed into place whole) and return its manifest entry."""
+    written = write_stream_atomic(table, path)
+    seconds = float(pc.sum(table.column("num_samples")).as_py() or 0) / sample_rate
+    return ShardEntry(path.name, bucket, table.num_rows, seconds, written.bytes, written.sha256)
+
+
+def write_index_rows(path: Path, tables: list[pa.Table]) -> int:
+    """A chunk's index rows as one Arrow IPC file (not fsynced: a lost one only means decoding again)."""
+    table = pa.concat_tables(tables).unify_dictionaries().combine_chunks() if tables else INDEX_SCHEMA.empty_table()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
+        writer.write_table(table)
+    data = sink.getvalue().to_pybytes()
+    write_bytes_atomic(path, data, sync=False)
+    return len(data)
+
+
+def chunk_is_complete(out: Path, key: str) -> bool:
+    """Whether a chunk is done: its record is there, and its index rows and shards have the sizes it names."""
+    staging = out / STAGING_NAME
+    try:
+        record = json.loads(record_path(staging, key).read_text())
+        if index_path(staging, key).stat().st_size != record["index_bytes"]:
+            return False
+        return all((out / s["path"]).stat().st_size == s["bytes"] for s in record["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def read_chunk_record(out: Path, key: str) -> ChunkRecord:
+    staging = out / STAGING_NAME
+    record = json.loads(record_path(staging, key).read_text())
+    shards = [{k: v for k, v in s.items() if k != "histograms"} for s in record["shards"]]
+    return ChunkRecord(
+        key=key,
+        sources=tuple(source_entry_from_json(e) for e in record["sources"]),
+        shards=tuple(ShardEntry(**s) for s in shards),
+        histograms=tuple(s["histograms"] for s in record["shards"]),
+        index_path=index_path(staging, key),
+    )
