@@ -60,7 +60,7 @@ class Checked:
 def check_local_shards(folder: Path, records_dir: Path, workers: int | None = None) -> Checked:
     """Check every shard of `folder` that the record does not vouch for; raises ShardError (one line naming
     the first bad shard and the remedy) when any is missing, of another size or of another sha256."""
-    checked = check_shards(folder, read_manifest(folder).files, records_dir, workers)
+    checked = check_shards(folder, read_manifest(folder).training_files, records_dir, workers)
     if checked.problems:
         more = f" (and {len(checked.problems) - 1} more shards)" if len(checked.problems) > 1 else ""
         raise ShardError(

@@ -90,19 +90,19 @@ def stage_shards(
             ) from None
         manifest = manifest_from_json(json.loads(text), location)
         if verify:  # shards fetched by an earlier staging: fetch again any damaged since
-            on_disk = [entry for entry in manifest.files if _marked(local / entry.path, entry)]
+            on_disk = [entry for entry in manifest.training_files if _marked(local / entry.path, entry)]
             at_rest = check_shards(local, on_disk, records)
             hashed = at_rest.hashed_bytes
             for name, problem in zip(at_rest.damaged, at_rest.problems, strict=True):
                 logger.warning("%s; fetching it again from %s", problem, location)
                 (local / (name + VERIFIED_SUFFIX)).unlink(missing_ok=True)
-        arriving = [entry for entry in manifest.files if not _marked(local / entry.path, entry)]
+        arriving = [entry for entry in manifest.training_files if not _marked(local / entry.path, entry)]
         fetched = 0
-        for entry in manifest.files:
+        for entry in manifest.training_files:
             fetched += fetch_shard(fs, f"{root}/{entry.path}", local / entry.path, entry, location)
         write_text_atomic(local / MANIFEST_NAME, text)
         remember_checked(local, arriving, records)
-        keep = {entry.path for entry in manifest.files}
+        keep = {entry.path for entry in manifest.training_files}
         for path in local.glob("*.arrow"):
             if path.name not in keep:
                 path.unlink()

@@ -31,9 +31,10 @@ from w2v.shards.manifest import (
     write_manifest,
     write_text_atomic,
 )
+from w2v.shards.sources import sources_file_name, write_sources
 from w2v.shards.table import read_stream
 
-SHARD_GLOB = "*.arrow"
+FILE_GLOBS = ("*.arrow", "sources-*.parquet")
 
 
 def commit(
@@ -60,6 +61,16 @@ def commit(
     new, new_removed, new_rewritten = _shards_without(out, new_shards, turned_down, layout)
     rewritten = {**old_rewritten, **new_rewritten}
 
+    decided = {uri: sources[uri] for uri in staged}
+    if previous.sources and not previous.source_tables:  # a version-2 folder: its sources move to the table
+        decided = sources
+    source_tables = previous.source_tables
+    if decided:
+        source_tables = (
+            *source_tables,
+            write_sources(out, sources_file_name(layout.generation), list(decided.values())),
+        )
+
     all_shards = tuple(sorted([*old, *new], key=lambda s: (s.bucket, s.path)))
     index_rows = [*_chunk_index_rows(records, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
     manifest = previous.with_changes(
@@ -69,6 +80,7 @@ def commit(
         shards=all_shards,
         index=updated_index(out, previous.index, index_rows, all_shards, layout.generation),
         sources=sources,
+        source_tables=source_tables,
         quality_histograms=_histograms(out, previous, records, [*old_removed, *new_removed], all_shards),
         config=config.to_dict(),
         versions=versions,
@@ -173,12 +185,13 @@ def _shards_without(
 
 
 def remove_unreferenced(out: Path, manifest: Manifest) -> None:
-    """Delete shards and index files no manifest names (superseded, or left by a crash), temporaries, and the
-    staging area."""
+    """Delete shards, index files and source tables no manifest names (superseded, or left by a crash),
+    temporaries, and the staging area."""
     referenced = {f.path for f in manifest.files}
-    for path in out.glob(SHARD_GLOB):
-        if path.name not in referenced:
-            path.unlink()
+    for pattern in FILE_GLOBS:
+        for path in out.glob(pattern):
+            if path.name not in referenced:
+                path.unlink()
     for tmp in out.glob(".*.tmp-*"):
         tmp.unlink()
     shutil.rmtree(out / STAGING_NAME, ignore_errors=True)

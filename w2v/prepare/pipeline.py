@@ -29,7 +29,8 @@ from w2v.prepare.pack import commit
 from w2v.prepare.process import Chunk, SourceTask, plan_chunks
 from w2v.prepare.progress import STAGING_NAME, write_plan_record
 from w2v.prepare.shard_writer import ShardLayout
-from w2v.shards.manifest import Manifest, SourceEntry, read_manifest_or_none
+from w2v.shards.manifest import Manifest, read_manifest_or_none
+from w2v.shards.sources import Fingerprint, fingerprints
 from w2v.storage import list_sources
 
 
@@ -74,7 +75,8 @@ def plan_run(
         check_compatible(previous, config, out)
     metadata = load_metadata(metadata_path) if metadata_path else {}
     tasks = [SourceTask(s, metadata.get(s.uri)) for s in list_sources(sources, storage_options)]
-    todo = [t for t in tasks if not _unchanged(previous, t)]
+    known = fingerprints(out, previous)
+    todo = [t for t in tasks if known.get(t.source.uri) != _fingerprint(t)]
     layout = shard_layout(previous, config)
     run_plan = RunPlan(
         out=out,
@@ -113,13 +115,10 @@ def check_compatible(previous: Manifest, config: PrepareConfig, out: Path) -> No
         )
 
 
-def _unchanged(previous: Manifest, task: SourceTask) -> bool:
-    known = previous.sources.get(task.source.uri)
-    if known is None:
-        return False
+def _fingerprint(task: SourceTask) -> Fingerprint:
+    """What says a listed file is the one already decoded: the same size, mtime, ETag and metadata row."""
     fields = task.entry_fields()
-    listed = SourceEntry(**fields, status="listed")
-    return known.same_file(listed)
+    return (fields["size"], fields["mtime"], fields["etag"], fields["metadata_sha256"])
 
 
 def commit_run(plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:

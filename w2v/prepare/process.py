@@ -67,8 +67,8 @@ MIN_CHUNKS = 8
 
 def plan_chunks(tasks: list[SourceTask], config: PrepareConfig, layout: ShardLayout) -> list[Chunk]:
     """Split tasks (in URI order) into chunks of at most `chunk_mb` source bytes (or one larger file) and at
-    most `files_per_chunk` files, and into at least MIN_CHUNKS chunks where there are enough files; keys depend only on the files,
-    the decode config and the layout."""
+    most `files_per_chunk` files, and into at least MIN_CHUNKS chunks where there are enough files; keys
+    depend only on the files, the decode config and the layout."""
     ordered = sorted(tasks, key=lambda t: t.source.uri)
     total = sum(t.source.size for t in ordered)
     target = max(1, min(config.chunk_mb * (1 << 20), math.ceil(total / MIN_CHUNKS)))

@@ -32,6 +32,7 @@ from w2v.shards.manifest import (
     write_text_atomic,
 )
 from w2v.shards.schema import QUALITY_COLUMNS
+from w2v.shards.sources import sources_file_name, write_sources
 from w2v.shards.table import read_stream, write_stream_atomic
 
 
@@ -90,6 +91,7 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
             config=config,
             quality_histograms=quality_histograms([dst / s.path for s in shards]),
             index=(_index_of(dst, shards, manifest.generation + 1),) if shards else (),
+            source_tables=(write_sources(dst, sources_file_name(manifest.generation + 1), list(sources.values())),),
             last_run={"started": now, "finished": now, "filtered_from": str(src), "removed": len(failures)},
             updated=now,
         )

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from w2v.errors import ManifestError
-from w2v.shards.schema import DTYPE, FORMAT, VERSION
+from w2v.shards.schema import DTYPE, FORMAT, READABLE_VERSIONS, VERSION
 
 MANIFEST_NAME = "manifest.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -26,6 +27,16 @@ class ShardEntry:
     bucket: int
     rows: int
     seconds: float
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A metadata file of the folder (a source table) as the manifest lists it."""
+
+    path: str  # relative to the manifest's folder
+    rows: int
     bytes: int
     sha256: str
 
@@ -84,15 +95,6 @@ class SourceEntry:
             **details,
         )
 
-    def same_file(self, other: SourceEntry) -> bool:
-        """Whether two listings of a URI name the same bytes (and the same metadata row)."""
-        return (
-            self.size == other.size
-            and self.mtime == other.mtime
-            and self.etag == other.etag
-            and self.metadata_sha256 == other.metadata_sha256
-        )
-
 
 @dataclass(frozen=True)
 class Manifest:
@@ -101,17 +103,27 @@ class Manifest:
     bucket_edges_seconds: tuple[float, ...] = ()
     shards: tuple[ShardEntry, ...] = ()
     index: tuple[IndexEntry, ...] = ()
-    sources: dict[str, SourceEntry] = field(default_factory=dict)
+    # Read from the source table files on first use (w2v.shards.sources); a dict while a commit builds one.
+    sources: Mapping[str, SourceEntry] = field(default_factory=dict)
+    source_tables: tuple[FileEntry, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
     quality_histograms: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
+    # counts(), seconds() and seconds_removed_by_reason() as the manifest file states them: readers need not
+    # read the source table for them. Empty when the sources were changed in memory.
+    summary: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
-    def files(self) -> tuple[ShardEntry | IndexEntry, ...]:
-        """Every file the folder holds besides manifest and rejects: the shards, then the index files."""
+    def files(self) -> tuple[ShardEntry | IndexEntry | FileEntry, ...]:
+        """Every file the folder holds besides manifest and rejects: shards, index files, source tables."""
+        return (*self.shards, *self.index, *self.source_tables)
+
+    @property
+    def training_files(self) -> tuple[ShardEntry | IndexEntry, ...]:
+        """The files training reads: the shards, then the index files."""
         return (*self.shards, *self.index)
 
     @property
@@ -123,6 +135,8 @@ class Manifest:
         return [s for s in self.sources.values() if s.status == "rejected"]
 
     def counts(self) -> dict[str, Any]:
+        if "counts" in self.summary:
+            return dict(self.summary["counts"])
         rejected = Counter(s.reason or "unknown" for s in self.rejected_sources)
         return {
             "files_seen": len(self.sources),
@@ -135,6 +149,8 @@ class Manifest:
         }
 
     def seconds(self) -> dict[str, float]:
+        if "seconds" in self.summary:
+            return dict(self.summary["seconds"])
         sources = self.sources.values()
         return {
             "decoded": sum(s.decoded_seconds for s in sources),
@@ -147,6 +163,8 @@ class Manifest:
 
     def seconds_removed_by_reason(self) -> dict[str, float]:
         """Audio each reason removed: whole rejected sources, and pieces removed by the quality filters."""
+        if "seconds_removed_by_reason" in self.summary:
+            return dict(self.summary["seconds_removed_by_reason"])
         removed: dict[str, float] = defaultdict(float)
         for source in self.sources.values():
             if source.status == "rejected":
@@ -172,21 +190,17 @@ class Manifest:
             "bucket_edges_seconds": list(self.bucket_edges_seconds),
             "shards": [asdict(s) for s in self.shards],
             "index": [{**asdict(i), "shards": list(i.shards)} for i in self.index],
+            "source_tables": [asdict(t) for t in self.source_tables],
             "config": self.config,
             "versions": self.versions,
             "last_run": self.last_run,
             "quality_histograms": self.quality_histograms,
-            "sources": {uri: _source_json(s) for uri, s in sorted(self.sources.items())},
         }
 
     def with_changes(self, **changes: Any) -> Manifest:
+        if "sources" in changes:
+            changes.setdefault("summary", {})
         return replace(self, **changes)
-
-
-def _source_json(source: SourceEntry) -> dict[str, Any]:
-    data = source_entry_to_json(source)
-    del data["uri"]
-    return data
 
 
 def source_entry_to_json(source: SourceEntry) -> dict[str, Any]:
@@ -200,18 +214,27 @@ def source_entry_from_json(data: dict[str, Any]) -> SourceEntry:
     return SourceEntry(**{**data, "utterances": tuple(data["utterances"]), "filtered": tuple(data["filtered"])})
 
 
-def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
+def manifest_from_json(data: dict[str, Any], where: str, folder: Path | None = None) -> Manifest:
+    """The manifest `data` (read from `where`); its source table, if any, is read from `folder` on use."""
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: not a {FORMAT} manifest (a JSON {type(data).__name__}, not an object)")
     if data.get("format") != FORMAT:
         raise ManifestError(f"{where}: not a {FORMAT} manifest (format={data.get('format')!r})")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise ManifestError(
-            f"{where}: shard format version {data.get('version')} but this w2v reads version {VERSION}; "
-            "re-run `w2v prepare` into a new folder"
+            f"{where}: shard format version {data.get('version')} but this w2v reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; upgrade w2v, or re-run `w2v prepare` into a new folder"
         )
     try:
-        sources = {uri: source_entry_from_json({**entry, "uri": uri}) for uri, entry in data["sources"].items()}
+        tables = tuple(FileEntry(**t) for t in data.get("source_tables", []))
+        sources: Mapping[str, SourceEntry]
+        if "sources" in data:  # version 2: every source inline
+            sources = {uri: source_entry_from_json({**entry, "uri": uri}) for uri, entry in data["sources"].items()}
+        else:
+            from w2v.shards.sources import SourceRecords  # it builds on this module
+
+            sources = SourceRecords(folder if folder is not None else Path(where).parent, tables)
+        summary: dict[str, Any] = {k: data[k] for k in ("counts", "seconds", "seconds_removed_by_reason") if k in data}
         return Manifest(
             sample_rate=int(data["sample_rate"]),
             generation=int(data["generation"]),
@@ -219,6 +242,8 @@ def manifest_from_json(data: dict[str, Any], where: str) -> Manifest:
             shards=tuple(ShardEntry(**s) for s in data["shards"]),
             index=tuple(IndexEntry(**{**i, "shards": tuple(i["shards"])}) for i in data.get("index", [])),
             sources=sources,
+            source_tables=tables,
+            summary=summary if "sources" not in data else {},
             config=dict(data["config"]),
             versions=dict(data["versions"]),
             last_run=dict(data.get("last_run", {})),
@@ -238,7 +263,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise ManifestError(f"{path}: no manifest; is this a folder made by `w2v prepare`?") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid JSON ({error})") from error
-    return manifest_from_json(data, str(path))
+    return manifest_from_json(data, str(path), folder)
 
 
 def read_manifest_or_none(folder: Path) -> Manifest | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 FORMAT = "w2v-shards"
-# 2: per-utterance quality columns.
-VERSION = 2
+# 2: per-utterance quality columns. 3: per-source records in Parquet source tables, not in manifest.json.
+VERSION = 3
+# Version 2 folders read as they are; the next prepare into one writes version 3.
+READABLE_VERSIONS = (2, 3)
 DTYPE = "int16"
 
 METADATA_COLUMNS = ("text", "speaker", "label")

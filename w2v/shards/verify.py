@@ -47,7 +47,19 @@ def _problems(folder: Path, manifest: Manifest) -> Iterator[str]:
     index_sound = yield from _index_file_problems(folder, manifest)
     if all_read and index_sound:
         yield from _index_content_problems(folder, manifest)
-    expected = {u for s in manifest.kept_sources for u in s.utterances}
+    tables_sound = True
+    for table_entry in manifest.source_tables:
+        problem = file_problem(folder / table_entry.path, table_entry.bytes, table_entry.sha256)
+        if problem is not None:
+            tables_sound = False
+            yield problem
+    if not tables_sound:
+        return
+    try:
+        expected = {u for s in manifest.kept_sources for u in s.utterances}
+    except ManifestError as error:
+        yield str(error)
+        return
     if all_read and expected != seen_ids:
         missing = sorted(expected - seen_ids)[:3]
         extra = sorted(seen_ids - expected)[:3]

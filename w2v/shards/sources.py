@@ -1,0 +1,133 @@
+"""The source table of a shard folder: one row per raw file and what prepare made of it, in Parquet.
+
+Each commit writes the rows of the sources it decided (new, changed, or turned down as duplicates) as
+`sources-gGGGGG.parquet`, so a nightly run adds a file instead of rewriting one; where a URI appears in more
+than one file, the latest generation's row is the one that holds. manifest.json lists the files and keeps
+only summaries, so it grows with shards, not with files. Planning reads only the fingerprint columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from w2v.errors import ManifestError
+from w2v.shards.manifest import FileEntry, Manifest, SourceEntry, source_entry_to_json, write_bytes_atomic
+
+SOURCES_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("mtime", pa.float64()),
+        pa.field("etag", pa.string()),
+        pa.field("metadata_sha256", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("utterances", pa.list_(pa.string()), nullable=False),
+        pa.field("decoded_seconds", pa.float64(), nullable=False),
+        pa.field("kept_seconds", pa.float64(), nullable=False),
+        pa.field("dropped_seconds", pa.float64(), nullable=False),
+        pa.field("dropped_pieces", pa.int64(), nullable=False),
+        pa.field("filtered", pa.string(), nullable=False),  # JSON list of {id, start_seconds, seconds, reason, ...}
+        pa.field("filtered_seconds", pa.float64(), nullable=False),
+        pa.field("audio_sha256", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("decoder", pa.string()),
+        pa.field("original_sample_rate", pa.int64()),
+        pa.field("channels", pa.int64()),
+        pa.field("gain", pa.float64(), nullable=False),
+    ]
+)
+FINGERPRINT_COLUMNS = ("uri", "size", "mtime", "etag", "metadata_sha256")
+
+
+def sources_file_name(generation: int) -> str:
+    return f"sources-g{generation:05d}.parquet"
+
+
+def write_sources(folder: Path, name: str, entries: Sequence[SourceEntry]) -> FileEntry:
+    """Write `entries` as the source table file `name` in `folder`, atomically."""
+    columns: dict[str, list[Any]] = {field.name: [] for field in SOURCES_SCHEMA}
+    for entry in sorted(entries, key=lambda e: e.uri):
+        for key, value in source_entry_to_json(entry).items():
+            columns[key].append(json.dumps(value) if key == "filtered" else value)
+    table = pa.Table.from_pydict(columns, schema=SOURCES_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    write_bytes_atomic(Path(folder) / name, data)
+    return FileEntry(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest())
+
+
+def read_sources(folder: Path, files: Sequence[FileEntry], columns: Sequence[str] | None = None) -> pa.Table:
+    """The rows that hold (the latest generation's per URI) of the source table files `files`, listed oldest
+    first, restricted to `columns` (always with `uri`)."""
+    wanted = None if columns is None else list(dict.fromkeys(["uri", *columns]))
+    tables = []
+    for entry in files:
+        path = Path(folder) / entry.path
+        try:
+            tables.append(pq.read_table(path, columns=wanted, memory_map=True))
+        except (OSError, pa.ArrowInvalid) as error:
+            raise ManifestError(f"{path}: cannot be read as a source table ({error}); run w2v shards verify") from error
+    if not tables:
+        schema = SOURCES_SCHEMA if wanted is None else pa.schema([SOURCES_SCHEMA.field(n) for n in wanted])
+        return schema.empty_table()
+    table = pa.concat_tables(tables)
+    if len(tables) == 1:
+        return table
+    # The last row of each URI wins: unique over the reversed codes gives each URI's last position.
+    codes = table.column("uri").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    _, first_from_end = np.unique(codes[::-1], return_index=True)
+    last = np.sort(len(codes) - 1 - first_from_end)
+    return table.take(pa.array(last))
+
+
+Fingerprint = tuple[int, float | None, str | None, str | None]  # size, mtime, etag, metadata_sha256
+
+
+def fingerprints(folder: Path, manifest: Manifest) -> dict[str, Fingerprint]:
+    """URI → fingerprint of every source the folder knows, read from the fingerprint columns only."""
+    if not manifest.source_tables:  # version 2 (records inline), or a folder not written yet
+        return {uri: (s.size, s.mtime, s.etag, s.metadata_sha256) for uri, s in manifest.sources.items()}
+    table = read_sources(folder, manifest.source_tables, FINGERPRINT_COLUMNS)
+    uris, *rest = (table.column(name).to_pylist() for name in FINGERPRINT_COLUMNS)
+    return dict(zip(uris, zip(*rest, strict=True), strict=True))
+
+
+class SourceRecords(Mapping[str, SourceEntry]):
+    """A folder's source table as a mapping URI → SourceEntry, read from disk on first use (opening a folder
+    to train never reads it)."""
+
+    def __init__(self, folder: Path, files: Sequence[FileEntry]) -> None:
+        self._folder = Path(folder)
+        self._files = tuple(files)
+        self._loaded: dict[str, SourceEntry] | None = None
+
+    def _entries(self) -> dict[str, SourceEntry]:
+        if self._loaded is None:
+            table = read_sources(self._folder, self._files)
+            loaded = {}
+            for row in table.to_pylist():
+                row["utterances"] = tuple(row["utterances"])
+                row["filtered"] = tuple(json.loads(row["filtered"]))
+                loaded[row["uri"]] = SourceEntry(**row)
+            self._loaded = loaded
+        return self._loaded
+
+    def __getitem__(self, uri: str) -> SourceEntry:
+        return self._entries()[uri]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
