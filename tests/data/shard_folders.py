@@ -12,6 +12,7 @@ import numpy as np
 
 from w2v.audio import mean_std
 from w2v.shards.manifest import Manifest, ShardEntry, SourceEntry, write_manifest
+from w2v.shards.sources import sources_file_name, write_sources
 from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
 
 RATE = 16_000
@@ -59,5 +60,7 @@ def write_shard_folder(folder: Path, lengths: list[int], rows_per_shard: int = 5
         )
         for k, n in enumerate(lengths)
     }
-    write_manifest(folder, Manifest(sample_rate=RATE, generation=1, shards=tuple(entries), sources=sources))
+    table = write_sources(folder, sources_file_name(1), list(sources.values()))
+    manifest = Manifest(sample_rate=RATE, generation=1, shards=tuple(entries), sources=sources, source_tables=(table,))
+    write_manifest(folder, manifest)
     return folder

@@ -7,14 +7,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
-from w2v.shards.manifest import MANIFEST_NAME, read_manifest
-from w2v.shards.sources import FINGERPRINT_COLUMNS, read_sources
+from w2v.shards.manifest import MANIFEST_NAME, Manifest, read_manifest
+from w2v.shards.sources import FINGERPRINT_COLUMNS, SourceRecords, read_sources
 from w2v.shards.verify import verify
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "v2_folder"
@@ -72,6 +73,37 @@ def test_a_nightly_run_adds_a_table_of_what_it_decided_and_a_uris_latest_row_hol
 
     again = prepare([str(tmp_path / "raw")], out, V2_CONFIG, workers=1)  # nothing new: no table added
     assert again.source_tables == after.source_tables
+
+
+def test_a_nightly_commit_reads_only_the_records_it_changes_and_keeps_the_summary_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    first = _tones(raw, [1.5, 2.0, 2.5, 3.0, 0.4], seed=6)
+    (raw / "broken.wav").write_bytes(b"RIFF....WAVE")
+    prepare([str(raw)], out, V2_CONFIG, workers=1)
+
+    def whole_table(self: SourceRecords) -> None:
+        raise AssertionError("the whole source table was read")
+
+    monkeypatch.setattr(SourceRecords, "_entries", whole_table)
+    _tones(raw, [2.2, 0.3], seed=7)  # one kept, one too short
+    (raw / "copy.wav").write_bytes(first[1].read_bytes())  # a duplicate of a kept file
+    sf.write(first[0], np.zeros(8000 * 2, np.float32), 8000)  # kept before, now digitally silent
+    (raw / "broken.wav").unlink()  # no longer listed: its record stays
+    (raw / "fixed.wav").write_bytes(first[2].read_bytes()[:-8000])  # a new file
+    grown = prepare([str(raw)], out, V2_CONFIG, workers=1)
+    summary = grown.to_json()
+    monkeypatch.undo()
+
+    recount = Manifest(sample_rate=8000, sources=dict(read_manifest(out).sources), shards=grown.shards)
+    assert summary["counts"] == recount.counts()
+    assert summary["seconds"] == pytest.approx(recount.seconds())
+    assert summary["seconds_removed_by_reason"] == pytest.approx(recount.seconds_removed_by_reason())
+    assert summary["counts"]["rejected"] == {"decode_error": 1, "duplicate": 1, "silent": 1, "too_short": 2}
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["reason"] for r in rejects) == ["decode_error", "duplicate", "silent", "too_short", "too_short"]
+    assert verify(out) == []
 
 
 def test_a_damaged_source_table_is_reported_by_verify(tmp_path: Path) -> None:

@@ -28,10 +28,19 @@ from w2v.shards.manifest import (
     ShardEntry,
     SourceEntry,
     rejects_jsonl,
+    summary_after,
+    summary_of,
     write_manifest,
     write_text_atomic,
 )
-from w2v.shards.sources import sources_file_name, write_sources
+from w2v.shards.sources import (
+    SourceRecords,
+    kept_with_audio,
+    records_of,
+    sources_file_name,
+    with_rejects,
+    write_sources,
+)
 from w2v.shards.table import read_stream
 
 FILE_GLOBS = ("*.arrow", "sources-*.parquet")
@@ -50,28 +59,28 @@ def commit(
     """Fold the finished chunks into the shard folder and return the manifest that was written."""
     records = [read_chunk_record(out, key) for key in chunk_keys]
     staged = {entry.uri: entry for record in records for entry in record.sources}
-    replaced = {uri for uri in staged if uri in previous.sources}
-    sources = {uri: s for uri, s in previous.sources.items() if uri not in replaced}
-    sources.update(_deduplicate(sources, staged))
+    # Only the records these sources had, and the kept ones with the same audio, are read: not the corpus.
+    before = records_of(out, previous, staged)
+    digests = {e.audio_sha256 for e in staged.values() if e.status == "kept" and e.audio_sha256}
+    owners = [s for s in kept_with_audio(out, previous, digests) if s.uri not in before]
+    decided = _deduplicate(owners, staged)
     # Sources whose rows a worker wrote but that the commit turned down (duplicates of audio already kept).
-    turned_down = {uri for uri, entry in staged.items() if entry.status == "kept" and sources[uri].status != "kept"}
+    turned_down = {uri for uri, entry in staged.items() if entry.status == "kept" and decided[uri].status != "kept"}
 
-    old, old_removed, old_rewritten = _shards_without(out, previous.shards, replaced, layout)
+    old, old_removed, old_rewritten = _shards_without(out, previous.shards, set(before), layout)
     new_shards = [shard for record in records for shard in record.shards]
     new, new_removed, new_rewritten = _shards_without(out, new_shards, turned_down, layout)
     rewritten = {**old_rewritten, **new_rewritten}
-
-    decided = {uri: sources[uri] for uri in staged}
-    if previous.sources and not previous.source_tables:  # a version-2 folder: its sources move to the table
-        decided = sources
-    source_tables = previous.source_tables
-    if decided:
-        source_tables = (
-            *source_tables,
-            write_sources(out, sources_file_name(layout.generation), list(decided.values())),
-        )
-
     all_shards = tuple(sorted([*old, *new], key=lambda s: (s.bucket, s.path)))
+
+    written = decided
+    if not previous.source_tables and previous.sources:  # a version-2 folder: its records move to the table
+        written = {**previous.sources, **decided}
+    source_tables = previous.source_tables
+    if written:
+        table = write_sources(out, sources_file_name(layout.generation), list(written.values()))
+        source_tables = (*source_tables, table)
+
     index_rows = [*_chunk_index_rows(records, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
     manifest = previous.with_changes(
         sample_rate=config.sample_rate,
@@ -79,8 +88,9 @@ def commit(
         bucket_edges_seconds=layout.edges_seconds,
         shards=all_shards,
         index=updated_index(out, previous.index, index_rows, all_shards, layout.generation),
-        sources=sources,
+        sources=SourceRecords(out, source_tables),
         source_tables=source_tables,
+        summary=summary_after(summary_of(previous), before.values(), decided.values(), all_shards),
         quality_histograms=_histograms(out, previous, records, [*old_removed, *new_removed], all_shards),
         config=config.to_dict(),
         versions=versions,
@@ -88,15 +98,15 @@ def commit(
         created=previous.created or now,
         updated=now,
     )
-    write_text_atomic(out / REJECTS_NAME, rejects_jsonl(manifest))
+    write_text_atomic(out / REJECTS_NAME, rejects_jsonl(with_rejects(out, manifest)))
     write_manifest(out, manifest)
     remove_unreferenced(out, manifest)
     return manifest
 
 
-def _deduplicate(kept_before: dict[str, SourceEntry], staged: dict[str, SourceEntry]) -> dict[str, SourceEntry]:
+def _deduplicate(kept_before: list[SourceEntry], staged: dict[str, SourceEntry]) -> dict[str, SourceEntry]:
     """Exact duplicates of decoded audio are kept once: the first by URI, or the one already in the shards."""
-    owner = {s.audio_sha256: s for s in kept_before.values() if s.status == "kept" and s.audio_sha256}
+    owner = {s.audio_sha256: s for s in sorted(kept_before, key=lambda s: s.uri) if s.audio_sha256}
     result = {}
     for uri in sorted(staged):
         entry = staged[uri]

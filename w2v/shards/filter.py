@@ -95,7 +95,7 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
             last_run={"started": now, "finished": now, "filtered_from": str(src), "removed": len(failures)},
             updated=now,
         )
-        write_text_atomic(dst / REJECTS_NAME, rejects_jsonl(filtered))
+        write_text_atomic(dst / REJECTS_NAME, rejects_jsonl(sources.values()))
         write_manifest(dst, filtered)
     return filtered
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from w2v.shards.index import utterance_index
 from w2v.shards.manifest import Manifest
-from w2v.shards.table import read_stream
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,9 @@ class CorpusStats:
 
 
 def utterance_seconds(folder: Path, manifest: Manifest) -> np.ndarray:
-    """Every utterance's duration, read from the shards' num_samples column (memory-mapped)."""
-    columns = [read_stream(folder / s.path).column("num_samples").to_numpy() for s in manifest.shards]
-    samples = np.concatenate(columns) if columns else np.zeros(0, np.int32)
-    return samples.astype(np.float64) / manifest.sample_rate
+    """Every utterance's duration, from the training index (mapped; shards no index covers are read)."""
+    index = utterance_index(folder, [s.path for s in manifest.shards], manifest.index)
+    return index.num_samples.astype(np.float64) / manifest.sample_rate
 
 
 def describe(folder: Path, manifest: Manifest, histogram_bins: int = 10) -> CorpusStats:

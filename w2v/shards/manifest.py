@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,8 @@ class Manifest:
         return dict(sorted(removed.items()))
 
     def to_json(self) -> dict[str, Any]:
+        if isinstance(self.sources, dict) and self.sources and not self.source_tables:
+            raise ValueError("the manifest's sources are in no source table: write one (w2v.shards.sources) first")
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -301,10 +303,60 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1) + "\n")
 
 
-def rejects_jsonl(manifest: Manifest) -> str:
-    """One line per rejected source: uri, reason code, error text, and seconds lost."""
+def summary_after(
+    before: dict[str, Any], removed: Iterable[SourceEntry], added: Iterable[SourceEntry], shards: Sequence[ShardEntry]
+) -> dict[str, Any]:
+    """A manifest's summary (counts, seconds, seconds_removed_by_reason) after a commit replaced the records
+    `removed` by `added` and left `shards`: the cost follows the change, not the corpus."""
+    result = _combined(_combined(before, _summary_of(removed), -1), _summary_of(added), +1)
+    counts = result["counts"]
+    # A reason is listed while some source has it, even with 0 s (a file that did not decode at all).
+    present = {*counts["rejected"], *counts["filtered"], *(["short_piece"] if counts["short_pieces_dropped"] else [])}
+    result["seconds_removed_by_reason"] = {k: v for k, v in result["seconds_removed_by_reason"].items() if k in present}
+    result["counts"]["utterances"] = sum(s.rows for s in shards)
+    result["counts"]["shards"] = len(shards)
+    result["seconds"]["in_shards"] = sum(s.seconds for s in shards)
+    return result
+
+
+def summary_of(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "counts": manifest.counts(),
+        "seconds": manifest.seconds(),
+        "seconds_removed_by_reason": manifest.seconds_removed_by_reason(),
+    }
+
+
+def _summary_of(sources: Iterable[SourceEntry]) -> dict[str, Any]:
+    return summary_of(Manifest(sample_rate=1, sources={s.uri: s for s in sources}))
+
+
+# The counts keyed by reason: a reason whose count falls to zero is dropped.
+REASON_MAPS = frozenset({("counts", "rejected"), ("counts", "filtered")})
+
+
+def _combined(a: dict[str, Any], b: dict[str, Any], sign: int, path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """a + sign * b, key by key and into nested dicts (in a's order, then b's new keys)."""
+    result: dict[str, Any] = {}
+    for key in [*a, *(k for k in b if k not in a)]:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) or isinstance(y, dict):
+            result[key] = _combined(x or {}, y or {}, sign, (*path, key))
+        else:
+            result[key] = (x or 0) + sign * (y or 0)
+    if path in REASON_MAPS:
+        return {k: v for k, v in sorted(result.items()) if v}
+    if path == ("seconds_removed_by_reason",):
+        return dict(sorted(result.items()))
+    return result
+
+
+def rejects_jsonl(rejected: Iterable[SourceEntry]) -> str:
+    """One line per source rejected whole (uri, reason code, error text, seconds lost), then one per piece a
+    quality filter removed from a source that kept others."""
+    sources = sorted(rejected, key=lambda s: s.uri)
     lines = []
-    for source in sorted(manifest.rejected_sources, key=lambda s: s.uri):
+    for source in (s for s in sources if s.status == "rejected"):
         row = {
             "source": source.uri,
             "reason": source.reason,
@@ -314,7 +366,7 @@ def rejects_jsonl(manifest: Manifest) -> str:
         if source.duplicate_of:
             row["duplicate_of"] = source.duplicate_of
         lines.append(json.dumps(row))
-    for source in sorted(manifest.kept_sources, key=lambda s: s.uri):
+    for source in (s for s in sources if s.status == "kept"):
         for piece in source.filtered:
             lines.append(json.dumps({"source": source.uri, **piece}))
     return "".join(line + "\n" for line in lines)

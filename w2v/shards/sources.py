@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from w2v.errors import ManifestError
@@ -67,15 +68,22 @@ def write_sources(folder: Path, name: str, entries: Sequence[SourceEntry]) -> Fi
     return FileEntry(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest())
 
 
-def read_sources(folder: Path, files: Sequence[FileEntry], columns: Sequence[str] | None = None) -> pa.Table:
+def read_sources(
+    folder: Path,
+    files: Sequence[FileEntry],
+    columns: Sequence[str] | None = None,
+    uris: Iterable[str] | None = None,
+) -> pa.Table:
     """The rows that hold (the latest generation's per URI) of the source table files `files`, listed oldest
-    first, restricted to `columns` (always with `uri`)."""
+    first, restricted to `columns` (always with `uri`) and, given `uris`, to those URIs (files are sorted by
+    URI, so Parquet skips the row groups that cannot hold them)."""
     wanted = None if columns is None else list(dict.fromkeys(["uri", *columns]))
+    where = None if uris is None else pc.field("uri").isin(sorted(set(uris)))
     tables = []
     for entry in files:
         path = Path(folder) / entry.path
         try:
-            tables.append(pq.read_table(path, columns=wanted, memory_map=True))
+            tables.append(pq.read_table(path, columns=wanted, filters=where, memory_map=True))
         except (OSError, pa.ArrowInvalid) as error:
             raise ManifestError(f"{path}: cannot be read as a source table ({error}); run w2v shards verify") from error
     if not tables:
@@ -89,6 +97,54 @@ def read_sources(folder: Path, files: Sequence[FileEntry], columns: Sequence[str
     _, first_from_end = np.unique(codes[::-1], return_index=True)
     last = np.sort(len(codes) - 1 - first_from_end)
     return table.take(pa.array(last))
+
+
+def entries_of(table: pa.Table) -> dict[str, SourceEntry]:
+    """URI → SourceEntry of every row of a full source table."""
+    entries = {}
+    for row in table.to_pylist():
+        row["utterances"] = tuple(row["utterances"])
+        row["filtered"] = tuple(json.loads(row["filtered"]))
+        entries[row["uri"]] = SourceEntry(**row)
+    return entries
+
+
+def records_of(folder: Path, manifest: Manifest, uris: Iterable[str]) -> dict[str, SourceEntry]:
+    """The records of those of `uris` the folder knows (reading only what can hold them)."""
+    wanted = set(uris)
+    if not manifest.source_tables:
+        return {uri: manifest.sources[uri] for uri in wanted if uri in manifest.sources}
+    return entries_of(read_sources(folder, manifest.source_tables, uris=wanted)) if wanted else {}
+
+
+def kept_with_audio(folder: Path, manifest: Manifest, digests: Iterable[str]) -> list[SourceEntry]:
+    """The kept sources whose decoded audio has one of the sha256 `digests` (for deduplication)."""
+    wanted = set(digests)
+    if not wanted:
+        return []
+    found = _latest_where(folder, manifest, pc.field("audio_sha256").isin(sorted(wanted)))
+    return [s for s in found if s.status == "kept" and s.audio_sha256 in wanted]
+
+
+def with_rejects(folder: Path, manifest: Manifest) -> list[SourceEntry]:
+    """The sources rejected whole, or with pieces a quality filter removed (what rejects.jsonl lists)."""
+    expression = (pc.field("status") == "rejected") | (pc.field("filtered") != "[]")
+    return [s for s in _latest_where(folder, manifest, expression) if s.status == "rejected" or s.filtered]
+
+
+def _latest_where(folder: Path, manifest: Manifest, expression: pc.Expression) -> list[SourceEntry]:
+    """The latest records of the URIs with a row matching `expression` in any source table file (the caller
+    checks the latest record still matches: a later generation may have replaced the row that did)."""
+    if not manifest.source_tables:
+        return list(manifest.sources.values())
+    candidates = set()
+    for entry in manifest.source_tables:
+        path = Path(folder) / entry.path
+        try:
+            candidates.update(pq.read_table(path, columns=["uri"], filters=expression).column("uri").to_pylist())
+        except (OSError, pa.ArrowInvalid) as error:
+            raise ManifestError(f"{path}: cannot be read as a source table ({error}); run w2v shards verify") from error
+    return list(records_of(folder, manifest, candidates).values())
 
 
 Fingerprint = tuple[int, float | None, str | None, str | None]  # size, mtime, etag, metadata_sha256
@@ -114,13 +170,7 @@ class SourceRecords(Mapping[str, SourceEntry]):
 
     def _entries(self) -> dict[str, SourceEntry]:
         if self._loaded is None:
-            table = read_sources(self._folder, self._files)
-            loaded = {}
-            for row in table.to_pylist():
-                row["utterances"] = tuple(row["utterances"])
-                row["filtered"] = tuple(json.loads(row["filtered"]))
-                loaded[row["uri"]] = SourceEntry(**row)
-            self._loaded = loaded
+            self._loaded = entries_of(read_sources(self._folder, self._files))
         return self._loaded
 
     def __getitem__(self, uri: str) -> SourceEntry:
