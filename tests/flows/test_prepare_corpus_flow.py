@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 
 from tests.conftest import Corpus
-from w2v.shards.manifest import MANIFEST_NAME
+from w2v.shards.manifest import MANIFEST_NAME, read_manifest
 from w2v.shards.reader import open_table
 from w2v.shards.verify import verify
 
@@ -66,6 +66,7 @@ def test_incremental_runs_decode_only_new_or_changed_files(
         shutil.copy(corpus.path(name), sources / name)
 
     first = _run(_prepare_args(sources, out), prefect_env)
+    first_records = dict(read_manifest(out).sources)
     assert first["last_run"]["files_decoded"] == 4
 
     again = _run(_prepare_args(sources, out), prefect_env)
@@ -83,7 +84,7 @@ def test_incremental_runs_decode_only_new_or_changed_files(
 
     # The changed file's old utterance is replaced by one made from its new content.
     uri = str(changed.resolve())
-    assert grown["sources"][uri]["audio_sha256"] != first["sources"][uri]["audio_sha256"]
+    assert read_manifest(out).sources[uri].audio_sha256 != first_records[uri].audio_sha256
     (row,) = [r for r in open_table(out).to_pylist() if r["source"] == uri]
     stored = np.asarray(row["audio"], dtype=np.float64)
     new_content = soxr.resample(sf.read(changed, dtype="float64")[0], rate, 16_000)

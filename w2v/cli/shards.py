@@ -1,4 +1,5 @@
-"""`w2v shards verify | filter | inspect`: check, re-filter and describe a shard folder without decoding."""
+"""`w2v shards verify | filter | upgrade | inspect`: check, re-filter, upgrade and describe a shard folder
+without decoding."""
 
 from __future__ import annotations
 
@@ -54,6 +55,27 @@ def shards_filter(
         fail(str(error))
     removed = manifest.last_run["removed"]
     console.print(f"[green]{out}[/]: {manifest.counts()['utterances']} utterances kept, {removed} removed")
+
+
+@shards_app.command("upgrade")
+def shards_upgrade(folder: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")]) -> None:
+    """Bring a folder an older w2v wrote to the current format in place: metadata only, no audio decoded."""
+    from w2v.prepare.pipeline import utc_now
+    from w2v.shards.schema import VERSION
+    from w2v.shards.upgrade import upgrade
+
+    try:
+        manifest, changed = upgrade(folder, utc_now())
+    except W2VError as error:
+        fail(str(error))
+    if not changed:
+        console.print(f"{folder}: already version {VERSION}; nothing to do")
+        return
+    before = manifest.last_run["upgraded_from_version"]
+    console.print(
+        f"[green]{folder}[/]: upgraded from version {before} to {VERSION} ({len(manifest.sources)} source records "
+        "moved to a source table; no audio decoded or rewritten)"
+    )
 
 
 @shards_app.command("inspect")
