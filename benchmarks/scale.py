@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import soundfile as sf
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.memory import own_peak_rss_mb
 
 SENTENCES = [
     ("The committee will meet again on Thursday to review the budget.", "en-us"),
@@ -184,7 +184,7 @@ def inner_run(sources: list[str], out: Path, workers: int, result_fd: int) -> No
         "files_decoded": plan.files_to_decode,
         "seconds": seconds,
         "main_process_write_bytes": written,
-        "main_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "main_process_peak_rss_mb": own_peak_rss_mb(),
     }
     with open(result_fd, "w") as pipe:
         pipe.write(json.dumps(result))
@@ -275,9 +275,11 @@ def synthetic(utterances: int) -> dict[str, Any]:
         write_synthetic_folder(Path(tmp), utterances)
         written = time.perf_counter() - started
         index_bytes = sum(p.stat().st_size for p in Path(tmp).glob("index-*.arrow"))
+        source_table_bytes = sum(p.stat().st_size for p in Path(tmp).glob("sources-*.parquet"))
         manifest_bytes = (Path(tmp) / "manifest.json").stat().st_size
         command = [sys.executable, __file__, "--measure-synthetic", tmp]
         measured = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        lookups = source_lookups(Path(tmp))
     # The issue's targets: open + one-epoch plan 3 s at 10^6 utterances, 30 s at 10^7; 2 GB of RSS at 10^7.
     return {
         "benchmark": "scale",
@@ -289,9 +291,30 @@ def synthetic(utterances: int) -> dict[str, Any]:
             "open_plus_plan_s_target": 3.0 * max(1.0, utterances / 1e6),
             "peak_rss_mb_target": 2048.0 * max(1.0, utterances / 1e7),
             "index_bytes": index_bytes,
+            "source_table_bytes": source_table_bytes,
             "manifest_bytes": manifest_bytes,
+            **lookups,
             "written_s": round(written, 2),
         },
+    }
+
+
+def source_lookups(folder: Path, uris: int = 1_000) -> dict[str, float]:
+    """What a prepare run reads of the source table: every fingerprint (planning), and the records of a
+    nightly run's `uris` changed files (the commit)."""
+    from w2v.shards.manifest import read_manifest
+    from w2v.shards.sources import fingerprints, records_of
+
+    manifest = read_manifest(folder)
+    started = time.perf_counter()
+    known = fingerprints(folder, manifest)
+    planned = time.perf_counter()
+    wanted = list(known)[:: max(1, len(known) // uris)][:uris]
+    found = records_of(folder, manifest, wanted)
+    assert len(found) == len(wanted)
+    return {
+        "fingerprints_s": round(planned - started, 3),
+        f"records_of_{uris}_uris_s": round(time.perf_counter() - planned, 3),
     }
 
 

@@ -1,29 +1,32 @@
 """A shard folder of N utterances with no audio, for measuring what opening a corpus costs at scale.
 
-Written straight from numpy in seconds: a manifest naming ~256 MB shards (which do not exist) and index files
+Written straight from numpy in seconds: a manifest naming ~256 MB shards (which do not exist), index files
 (one per 1,000 shards, as commits write them) with each utterance's length (2-15 s at 16 kHz), place,
-normalization and held-out position. `measure` opens it as training does (ShardCorpus, which opens no shard),
-plans one epoch, seeks the stream to the middle of it, splits off a held-out share, and reports each time
-and the process's peak RSS; run it in a fresh process so that the peak is the corpus's, not the writer's.
-Used by benchmarks/scale.py --synthetic.
+normalization and held-out position, and a source table of one file per 3 utterances (real-sized columns:
+URIs, ids, random sha256 digests), which opening the corpus must not read. `measure` opens it as training
+does (ShardCorpus, which opens no shard), plans one epoch, seeks the stream to the middle of it, splits off a
+held-out share, and reports each time and the process's peak RSS; run it in a fresh process so that the
+peak is the corpus's, not the writer's. Used by benchmarks/scale.py --synthetic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from benchmarks.memory import own_peak_rss_mb
 from w2v.data.corpus import ShardCorpus, split_held_out
 from w2v.data.plan import BatchConfig
 from w2v.data.stream import BatchStream, CorpusCursor
 from w2v.shards.index import INDEX_SCHEMA, index_file_name, write_index
 from w2v.shards.manifest import Manifest, ShardEntry, write_manifest
+from w2v.shards.sources import SOURCES_SCHEMA, SourceRecords, sources_file_name, write_source_table
 
 SAMPLE_RATE = 16_000
 SHARD_BYTES = 256 << 20
@@ -67,9 +70,75 @@ def write_synthetic_folder(folder: Path, utterances: int, seed: int = 0) -> Mani
         ShardEntry(name, 0, int(c), float(s), int(2 * s * SAMPLE_RATE), "0" * 64)
         for name, c, s in zip(names, counts, seconds, strict=True)
     )
-    manifest = Manifest(sample_rate=SAMPLE_RATE, generation=len(index), shards=entries, index=tuple(index))
+    sources = source_table(lengths)
+    table = write_source_table(folder, sources_file_name(len(index)), sources)
+    total_seconds = float(lengths.sum()) / SAMPLE_RATE
+    summary = {
+        "counts": {
+            **{"files_seen": sources.num_rows, "files_kept": sources.num_rows, "utterances": utterances},
+            **{"rejected": {}, "short_pieces_dropped": 0, "filtered": {}, "shards": shards},
+        },
+        "seconds": {
+            **{"decoded": total_seconds, "kept": total_seconds, "dropped_short": 0.0, "filtered": 0.0},
+            **{"rejected": 0.0, "in_shards": total_seconds},
+        },
+        "seconds_removed_by_reason": {},
+    }
+    manifest = Manifest(
+        sample_rate=SAMPLE_RATE,
+        generation=len(index),
+        shards=entries,
+        index=tuple(index),
+        sources=SourceRecords(folder, (table,)),
+        source_tables=(table,),
+        summary=summary,
+    )
     write_manifest(folder, manifest)
     return manifest
+
+
+def source_table(lengths: np.ndarray, seed: int = 1) -> pa.Table:
+    """Records of ceil(N / 3) kept files of 3 utterances each (the last may hold fewer), sorted by URI."""
+    utterances = lengths.size
+    count = -(-utterances // UTTERANCES_PER_SOURCE)
+    rng = np.random.default_rng(seed)
+    numbers = pc.utf8_lpad(pc.cast(pa.array(np.arange(count)), pa.string()), 9, "0")
+    uris = pc.binary_join_element_wise("s3://corpus-bucket/crawl/", numbers, ".flac", "")
+    piece = pc.cast(pa.array(np.arange(utterances) % UTTERANCES_PER_SOURCE), pa.string())
+    owner = pc.take(numbers, pa.array(np.arange(utterances) // UTTERANCES_PER_SOURCE))
+    ids = pc.binary_join_element_wise(owner, "-4b1d2c3e-000", piece, "")
+    offsets = np.minimum(np.arange(count + 1) * UTTERANCES_PER_SOURCE, utterances).astype(np.int32)
+    seconds = np.add.reduceat(lengths.astype(np.float64), offsets[:-1]) / SAMPLE_RATE if count else np.zeros(0)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    raw = rng.integers(0, 256, (count, 32), dtype=np.uint8)
+    hexes = np.empty((count, 64), np.uint8)
+    hexes[:, 0::2], hexes[:, 1::2] = digits[raw >> 4], digits[raw & 15]
+    digest_offsets = pa.py_buffer(np.arange(0, 64 * count + 1, 64, dtype=np.int32))
+    digests = pa.StringArray.from_buffers(count, digest_offsets, pa.py_buffer(hexes.tobytes()))
+    columns = {
+        "uri": uris,
+        "size": pa.array((seconds * 22_000).astype(np.int64)),  # FLAC at about 22 kB/s
+        "mtime": pa.array(1.7e9 + rng.uniform(0, 3e7, count)),
+        "etag": pa.nulls(count, pa.string()),
+        "metadata_sha256": pa.nulls(count, pa.string()),
+        "status": pa.repeat("kept", count),
+        "reason": pa.nulls(count, pa.string()),
+        "error": pa.nulls(count, pa.string()),
+        "utterances": pa.ListArray.from_arrays(pa.array(offsets), ids),
+        "decoded_seconds": pa.array(seconds),
+        "kept_seconds": pa.array(seconds),
+        "dropped_seconds": pa.array(np.zeros(count)),
+        "dropped_pieces": pa.array(np.zeros(count, np.int64)),
+        "filtered": pa.repeat("[]", count),
+        "filtered_seconds": pa.array(np.zeros(count)),
+        "audio_sha256": digests,
+        "duplicate_of": pa.nulls(count, pa.string()),
+        "decoder": pa.repeat("soundfile", count),
+        "original_sample_rate": pa.repeat(pa.scalar(44_100, pa.int64()), count),
+        "channels": pa.repeat(pa.scalar(2, pa.int64()), count),
+        "gain": pa.array(np.ones(count)),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in SOURCES_SCHEMA], schema=SOURCES_SCHEMA)
 
 
 def measure(folder: Path, val_share: float = 0.01, seed: int = 0) -> dict[str, Any]:
@@ -97,6 +166,6 @@ def measure(folder: Path, val_share: float = 0.01, seed: int = 0) -> dict[str, A
         "split_s": round(split - sought, 3),
         "held_out": 0 if held_out is None else len(held_out),
         "sought_batch_rows": int(item.indices.size),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": own_peak_rss_mb(),
         "training": len(training),
     }

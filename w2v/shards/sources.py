@@ -48,6 +48,8 @@ SOURCES_SCHEMA = pa.schema(
     ]
 )
 FINGERPRINT_COLUMNS = ("uri", "size", "mtime", "etag", "metadata_sha256")
+# Rows are sorted by URI: a lookup of a few URIs reads only the row groups whose URI range can hold them.
+ROW_GROUP_ROWS = 65_536
 
 
 def sources_file_name(generation: int) -> str:
@@ -60,9 +62,13 @@ def write_sources(folder: Path, name: str, entries: Sequence[SourceEntry]) -> Fi
     for entry in sorted(entries, key=lambda e: e.uri):
         for key, value in source_entry_to_json(entry).items():
             columns[key].append(json.dumps(value) if key == "filtered" else value)
-    table = pa.Table.from_pydict(columns, schema=SOURCES_SCHEMA)
+    return write_source_table(folder, name, pa.Table.from_pydict(columns, schema=SOURCES_SCHEMA))
+
+
+def write_source_table(folder: Path, name: str, table: pa.Table) -> FileEntry:
+    """Write `table` (in SOURCES_SCHEMA, sorted by URI) as the source table file `name`, atomically."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     data = sink.getvalue().to_pybytes()
     write_bytes_atomic(Path(folder) / name, data)
     return FileEntry(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest())
