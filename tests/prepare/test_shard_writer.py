@@ -14,11 +14,12 @@ import pytest
 import soundfile as sf
 
 from w2v.data.corpus import ShardCorpus
-from w2v.prepare import pack
+from w2v.prepare import pack, shard_writer
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import commit_run, decode_chunks, plan_run, prepare, shard_layout, utc_now
 from w2v.prepare.process import MIN_CHUNKS, SourceTask, plan_chunks
+from w2v.prepare.progress import STAGING_NAME, staged_progress, write_plan_record
 from w2v.prepare.shard_writer import ChunkWriter, ShardLayout, chunk_is_complete, read_chunk_record
 from w2v.shards.histograms import quality_histograms
 from w2v.shards.manifest import MANIFEST_NAME, Manifest, SourceEntry, read_manifest
@@ -195,3 +196,22 @@ def test_a_run_killed_while_a_worker_writes_a_shard_leaves_the_last_commit_and_r
         assert (out / shard.path).read_bytes() == (reference / shard.path).read_bytes()
     assert json.loads((out / MANIFEST_NAME).read_text())["generation"] == 2
     assert os.listdir(out)  # nothing else to clean: a later run starts from a tidy folder
+
+
+def test_progress_counts_the_files_of_chunks_still_being_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_writer, "PROGRESS_SECONDS", 0.0)  # a chunk holds thousands of files: tell often
+    write_plan_record(tmp_path / STAGING_NAME, files_to_decode=7, chunks=2)
+    layout = ShardLayout(generation=1, edges_seconds=(1.0, 8.0), shard_bytes=1 << 20, sample_rate=RATE)
+    first, second = ChunkWriter(tmp_path, "a" * 20, layout), ChunkWriter(tmp_path, "b" * 20, layout)
+    for number in range(3):
+        first.add(SourceEntry(f"/raw/a{number}", 1, None, None, None, "rejected", reason="empty"), [])
+    second.add(SourceEntry("/raw/b0", 1, None, None, None, "rejected", reason="empty"), [])
+    second.add(SourceEntry("/raw/b1", 1, None, None, None, "rejected", reason="empty"), [])
+    assert staged_progress(tmp_path) == (5, 7)  # neither chunk is done
+    first.finish()
+    assert staged_progress(tmp_path) == (5, 7)  # 3 from the record, 2 from the other's progress
+    second.add(SourceEntry("/raw/b2", 1, None, None, None, "rejected", reason="empty"), [])
+    second.finish()
+    assert staged_progress(tmp_path) == (6, 7)

@@ -9,6 +9,8 @@ from w2v.shards.manifest import write_text_atomic
 
 PLAN_RECORD = "plan.json"
 STAGING_NAME = "_staging"
+# A chunk being decoded says how many of its files are done in KEY.progress (its record, KEY.json, once done).
+PROGRESS_SUFFIX = ".progress"
 
 
 def write_plan_record(staging: Path, files_to_decode: int, chunks: int) -> None:
@@ -24,11 +26,19 @@ def staged_progress(out: Path) -> tuple[int, int | None]:
     except (OSError, ValueError, KeyError):
         return 0, None
     done = 0
-    for part in staging.glob("*.json"):
-        if part.name == PLAN_RECORD:
+    finished = set()
+    for record in staging.glob("*.json"):
+        if record.name == PLAN_RECORD:
             continue
         try:
-            done += len(json.loads(part.read_text())["sources"])
+            done += len(json.loads(record.read_text())["sources"])
+            finished.add(record.stem)
         except (OSError, ValueError, KeyError):
             continue  # being renamed into place or cleaned up
+    for progress in staging.glob(f"*{PROGRESS_SUFFIX}"):
+        if progress.stem not in finished:
+            try:
+                done += int(progress.read_text())
+            except (OSError, ValueError):
+                continue
     return done, total

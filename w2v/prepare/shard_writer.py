@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from w2v.prepare.buckets import assign_buckets
-from w2v.prepare.progress import STAGING_NAME
+from w2v.prepare.progress import PROGRESS_SUFFIX, STAGING_NAME
 from w2v.shards.histograms import table_histograms
 from w2v.shards.index import INDEX_SCHEMA, table_index
 from w2v.shards.manifest import (
@@ -36,6 +37,8 @@ from w2v.shards.manifest import (
 )
 from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
 
+# How often a chunk writer tells how many of its files are done (for progress bars; chunks are large).
+PROGRESS_SECONDS = 1.0
 # Decoded audio a chunk writer holds before it writes its fullest bucket out early (a compressed source
 # decodes to several times its size): a worker's memory stays near this whatever the chunk holds.
 BUFFER_BYTES = 512 << 20
@@ -94,10 +97,13 @@ class ChunkWriter:
         self._pending_bytes: dict[int, int] = defaultdict(int)
         self._written: list[tuple[ShardEntry, pa.Table, dict[str, Any]]] = []
         self._numbers: dict[int, int] = defaultdict(int)
+        self._progress_at = time.monotonic()
 
     def add(self, entry: SourceEntry, utterances: list[Utterance]) -> None:
         """One source's outcome and its rows; writes a bucket out once it holds a shard's worth."""
         self._sources.append(entry)
+        if time.monotonic() - self._progress_at >= PROGRESS_SECONDS:
+            self._tell_progress()
         if not utterances:
             return
         lengths = np.array([u.audio.shape[0] for u in utterances], dtype=np.int64)
@@ -126,6 +132,12 @@ class ChunkWriter:
         path = record_path(staging, self.key)
         write_text_atomic(path, json.dumps(record) + "\n")
         return path
+
+    def _tell_progress(self) -> None:
+        staging = self.out / STAGING_NAME
+        staging.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(staging / f"{self.key}{PROGRESS_SUFFIX}", str(len(self._sources)).encode(), sync=False)
+        self._progress_at = time.monotonic()
 
     def _flush(self, bucket: int) -> None:
         rows = self._pending.pop(bucket, [])
