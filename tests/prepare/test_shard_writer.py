@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,3 +217,16 @@ def test_progress_counts_the_files_of_chunks_still_being_decoded(
     second.add(SourceEntry("/raw/b2", 1, None, None, None, "rejected", reason="empty"), [])
     second.finish()
     assert staged_progress(tmp_path) == (6, 7)
+
+
+def test_a_corpus_prepared_from_another_folder_comes_out_in_the_same_order(tmp_path: Path) -> None:
+    _write_tones(tmp_path / "here" / "raw", [2.5, 3.0, 4.5, 6.0, 7.5, 2.2, 5.1], seed=5)
+    shutil.copytree(tmp_path / "here" / "raw", tmp_path / "elsewhere" / "deeper" / "raw")
+    here = prepare([str(tmp_path / "here" / "raw")], tmp_path / "a", CONFIG, workers=2)
+    there = prepare([str(tmp_path / "elsewhere" / "deeper" / "raw")], tmp_path / "b", CONFIG, workers=2)
+
+    def layout(manifest: Manifest) -> list[tuple[str, int]]:  # shard names without the path-dependent key
+        return [(re.sub(r"-[0-9a-f]{8}-", "-", s.path), s.rows) for s in manifest.shards]
+
+    assert layout(here) == layout(there) and len(here.shards) > 1
+    assert np.array_equal(ShardCorpus(tmp_path / "a").num_samples, ShardCorpus(tmp_path / "b").num_samples)

@@ -62,7 +62,7 @@ def process_chunk_isolated(
         except ChildCrashed as canary:
             raise W2VError(f"{canary}; no file was decoded (first failure: {crash})") from crash
     # Shards the crashed child wrote are overwritten by the same names, or left unreferenced for the commit.
-    writer = ChunkWriter(out, chunk.key, layout)
+    writer = ChunkWriter(out, chunk.key, layout, chunk.label)
     for task in chunk.tasks:
         try:
             writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri))

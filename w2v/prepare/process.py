@@ -55,6 +55,13 @@ class Chunk:
 
     key: str
     tasks: tuple[SourceTask, ...]
+    number: int = 0  # in the run's plan (URI order)
+
+    @property
+    def label(self) -> str:
+        """What its shard names carry: the number orders a folder's shards the same wherever its sources
+        lie (keys hash absolute URIs); the key keeps names apart across plans."""
+        return f"{self.number:05d}-{self.key[:8]}"
 
     @property
     def source_bytes(self) -> int:
@@ -82,11 +89,11 @@ def plan_chunks(tasks: list[SourceTask], config: PrepareConfig, layout: ShardLay
         groups[-1].append(task)
         size += task.source.size
     chunks = []
-    for group in groups:
+    for number, group in enumerate(groups):
         h = hashlib.sha256(f"{config.decode_fingerprint()}:{layout.fingerprint()}".encode())
         for task in group:
             h.update(json.dumps(task.entry_fields(), sort_keys=True).encode())
-        chunks.append(Chunk(key=h.hexdigest()[:20], tasks=tuple(group)))
+        chunks.append(Chunk(key=h.hexdigest()[:20], tasks=tuple(group), number=number))
     return chunks
 
 
@@ -100,7 +107,7 @@ def process_chunk(
     """Decode a chunk into its final shards in `out`; returns its record (at once if it is done already)."""
     if chunk_is_complete(out, chunk.key):
         return record_path(out / STAGING_NAME, chunk.key)
-    writer = ChunkWriter(out, chunk.key, layout)
+    writer = ChunkWriter(out, chunk.key, layout, chunk.label)
     for task in chunk.tasks:
         writer.add(*process_source(task, config, storage_options))
     return writer.finish()

@@ -1,12 +1,13 @@
 """A worker's output: the final shards of one chunk, written where the corpus lives, plus a small record.
 
 The worker that decodes a chunk files its utterances into length buckets (edges fixed before the run) and
-writes each bucket's rows, sorted by length, as finished shards named `bBB-gGGGGG-cKEY-NNNN.arrow` (bucket,
-generation, chunk), each renamed into place whole. It then writes the chunk's index rows and its record —
-every source's outcome, the shards with their sizes and checksums, their quality histograms — into the
-staging folder, the record last: a chunk is done when its record is there and its files have the sizes the
-record names. The commit reads only records and index rows; no audio byte is copied again. Until the manifest
-names them, these shards are invisible to readers and removed by the next commit if it does not take them.
+writes each bucket's rows, sorted by length, as finished shards named `bBB-gGGGGG-cLABEL-NNNN.arrow`
+(bucket, generation, chunk label: its number in the run's plan and its key), each renamed into place whole.
+It then writes the chunk's index rows and its record (every source's outcome, the shards with their sizes
+and checksums, their quality histograms) into the staging folder, the record last: a chunk is done when its
+record is there and its files have the sizes the record names. The commit reads only records and index
+rows; no audio byte is copied again. Until the manifest names them, these shards are invisible to readers
+and removed by the next commit if it does not take them.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class ShardLayout:
     def buckets(self, num_samples: np.ndarray) -> np.ndarray:
         return assign_buckets(num_samples / self.sample_rate, tuple(self.edges_seconds[1:-1]))
 
-    def shard_name(self, bucket: int, chunk_key: str, number: int) -> str:
-        return f"b{bucket:02d}-g{self.generation:05d}-c{chunk_key[:12]}-{number:04d}.arrow"
+    def shard_name(self, bucket: int, chunk_label: str, number: int) -> str:
+        return f"b{bucket:02d}-g{self.generation:05d}-c{chunk_label}-{number:04d}.arrow"
 
     def fingerprint(self) -> str:
         """Part of each chunk's key: a chunk's shards depend on the layout as much as on its files."""
@@ -87,9 +88,12 @@ def index_path(staging: Path, key: str) -> Path:
 class ChunkWriter:
     """Collects a chunk's decoded sources and writes them as final shards into `out` (see the module doc)."""
 
-    def __init__(self, out: Path, key: str, layout: ShardLayout, buffer_bytes: int = BUFFER_BYTES) -> None:
+    def __init__(
+        self, out: Path, key: str, layout: ShardLayout, label: str | None = None, buffer_bytes: int = BUFFER_BYTES
+    ) -> None:
         self.out = out
         self.key = key
+        self.label = label or key[:12]  # in shard names
         self.layout = layout
         self.buffer_bytes = max(buffer_bytes, layout.shard_bytes)
         self._sources: list[SourceEntry] = []
@@ -145,7 +149,7 @@ class ChunkWriter:
         if not rows:
             return
         rows.sort(key=lambda u: (u.audio.shape[0], u.id))
-        name = self.layout.shard_name(bucket, self.key, self._numbers[bucket])
+        name = self.layout.shard_name(bucket, self.label, self._numbers[bucket])
         self._numbers[bucket] += 1
         table = utterance_table(rows)
         entry = write_shard(self.out / name, table, bucket, self.layout.sample_rate)
