@@ -5,7 +5,11 @@ Prints one JSON object: x-realtime of the floor (soundfile.read + soxr.resample,
 Each figure is the best of --repeat interleaved rounds, after a warm-up run that starts the worker processes.
 quality_share_of_prepare: quality.measure timed in one of prepare's worker processes over the utterances the
 1-worker run wrote, as prepare calls it on each piece, over that run's wall time.
-Usage: python benchmarks/prepare.py [--minutes 20] [--repeat 3] [--corpus DIR] [--flow]
+--short-files N measures the many-short-files case instead: N files of 3–4.5 s at 22.05 kHz (the generator
+of benchmarks/scale.py), the floor per file against prepare's decode stage with 1 and 2 workers, and the
+fixed cost of a Prefect flow run around it (the flow's wall time less the library's decode stage; the
+temporary server is started by a warm-up run and not counted).
+Usage: python benchmarks/prepare.py [--minutes 20] [--repeat 3] [--corpus DIR] [--flow] [--short-files 1800]
 """
 
 from __future__ import annotations
@@ -156,13 +160,76 @@ def torchaudio_comparison(files: list[Path]) -> dict[str, Any]:
     }
 
 
+def short_files(count: int, repeat: int, corpus: Path | None) -> dict[str, Any]:
+    """Per-file cost of the decode stage against the floor, 1 and 2 workers, and the flow's fixed cost."""
+    from benchmarks.scale import ensure_corpus
+    from flows.prepare_corpus import prepare_corpus
+    from w2v.prepare.pipeline import decode_chunks, plan_run
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    config = PrepareConfig()
+    with tempfile.TemporaryDirectory(prefix="w2v-bench-short-") as tmp:
+        scratch = Path(tmp)
+        root = (corpus or scratch / "corpus").resolve()
+        ensure_corpus(root, count, 22_050)
+        files = sorted(root.rglob("*.wav"))
+
+        def decode_stage(workers: int) -> float:
+            out = scratch / f"decode-{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            plan = plan_run([str(root)], out, config)
+            started = time.perf_counter()
+            decode_chunks(plan, config, workers, None)
+            return time.perf_counter() - started
+
+        def flow_run() -> float:
+            shutil.rmtree(scratch / "flow", ignore_errors=True)
+            started = time.perf_counter()
+            prepare_corpus(sources=[str(root)], out=str(scratch / "flow"), workers=2)
+            return time.perf_counter() - started
+
+        def floor() -> float:
+            started = time.perf_counter()
+            floor_loop(files)
+            return time.perf_counter() - started
+
+        floor()
+        prepare_corpus(sources=[str(files[0])], out=str(scratch / "warm-up"), workers=2)  # server, workers
+        runs = {"floor": floor, "decode_1_worker": lambda: decode_stage(1), "decode_2_workers": lambda: decode_stage(2)}
+        runs["flow_2_workers"] = flow_run
+        best = dict.fromkeys(runs, float("inf"))
+        for round_number in range(repeat):
+            for name, run in runs.items():
+                best[name] = min(best[name], run())
+                log(f"round {round_number + 1}: {name} {best[name]:.2f} s")
+    per_file_ms = {name: round(1000 * seconds / len(files), 3) for name, seconds in best.items()}
+    return {
+        "benchmark": "prepare (short files)",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "files": len(files),
+        "source_sample_rate": 22_050,
+        "seconds": {name: round(value, 3) for name, value in best.items()},
+        "ms_per_file": per_file_ms,
+        "anchor": "floor: one process, soundfile.read + channel mean + soxr.resample(HQ), same files",
+        "decode_per_file_vs_floor": round(best["decode_1_worker"] / best["floor"], 3),
+        "two_worker_speedup": round(best["decode_1_worker"] / best["decode_2_workers"], 3),
+        "flow_fixed_cost_s": round(best["flow_2_workers"] - best["decode_2_workers"], 3),
+        "targets": {"decode_per_file_vs_floor": "<= 1.5", "two_worker_speedup": ">= 1.8", "flow_fixed_cost_s": "<= 5"},
+        "not_included": "the Prefect server's start and the CLI's imports (a warm-up run starts the server)",
+    }
+
+
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--flow", action="store_true", help="also time the Prefect flow (temporary server included)")
+    parser.add_argument("--short-files", type=int, metavar="N", help="measure N short files instead (see above)")
     args = parser.parse_args()
+    if args.short_files is not None:
+        return short_files(args.short_files, args.repeat, args.corpus)
 
     with tempfile.TemporaryDirectory(prefix="w2v-bench-") as tmp:
         scratch = Path(tmp)
