@@ -114,9 +114,11 @@ def test_loss_falls_and_codevectors_stay_in_use_on_speech(prepared: Prepared, tm
         {
             "seed": 0,
             "val_share": 0.0,  # other tests add recordings to the shared corpus: keep the training set fixed
-            "max_steps": 300,
-            "log_every": 30,
-            "checkpoint_every": 300,
+            # The loss leaves chance after 200-250 steps: at 400 it has fallen 0.063-0.072 for seeds 0-3 on
+            # this corpus; at 300 one batch order in three was still within 0.04 of the start.
+            "max_steps": 400,
+            "log_every": 40,
+            "checkpoint_every": 400,
             "model": {"preset": "tiny"},
             "batch": {"max_batch_seconds": 12.0, "max_sample_seconds": 3.0},
             "masking": {"num_negatives": 20},
