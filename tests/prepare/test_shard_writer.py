@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
+from tests.corpus import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare import pack, shard_writer
 from w2v.prepare.config import PrepareConfig
@@ -34,27 +34,13 @@ RATE = 16_000
 CONFIG = PrepareConfig(max_seconds=8.0, num_buckets=3, quality=QualityThresholds(None, None, None, None))
 
 
-def _write_tones(folder: Path, seconds: list[float], seed: int = 0) -> list[Path]:
-    """Distinct, deterministic recordings (no two decode to the same audio) of the given lengths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for number, length in enumerate(seconds):
-        t = np.arange(round(length * RATE)) / RATE
-        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 600) * t) + rng.normal(0, 0.01, t.size)
-        path = folder / f"tone{seed:02d}_{number:03d}.wav"
-        sf.write(path, tone.astype(np.float32), RATE, subtype="PCM_16")
-        paths.append(path)
-    return paths
-
-
 def _essence(manifest: Manifest) -> dict[str, object]:
     data = manifest.to_json()
     return {k: v for k, v in data.items() if k not in {"created", "updated", "last_run", "versions"}}
 
 
 def test_the_commit_takes_the_workers_shards_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write_tones(tmp_path / "raw", [2.5, 3.0, 4.5, 6.0, 7.5, 2.2, 5.1, 3.3, 6.6, 4.0])
+    write_tones(tmp_path / "raw", [2.5, 3.0, 4.5, 6.0, 7.5, 2.2, 5.1, 3.3, 6.6, 4.0])
     out = tmp_path / "shards"
     plan = plan_run([str(tmp_path / "raw")], out, CONFIG)
     assert len(plan.chunks) >= MIN_CHUNKS  # few small files: split for the workers, not by size
@@ -77,7 +63,7 @@ def test_the_commit_takes_the_workers_shards_as_they_are(tmp_path: Path, monkeyp
 
 def test_a_duplicate_is_removed_from_the_shard_its_worker_wrote(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    first, *_ = _write_tones(raw, [3.0, 4.0, 5.0, 6.0])
+    first, *_ = write_tones(raw, [3.0, 4.0, 5.0, 6.0])
     (raw / "zz_copy.wav").write_bytes(first.read_bytes())  # same audio, another chunk
     manifest = prepare([str(raw)], tmp_path / "shards", CONFIG, workers=2)
     duplicate = manifest.sources[str((raw / "zz_copy.wav").resolve())]
@@ -168,8 +154,8 @@ if __name__ == "__main__":
 
 
 def test_a_run_killed_while_a_worker_writes_a_shard_leaves_the_last_commit_and_resumes(tmp_path: Path) -> None:
-    old = _write_tones(tmp_path / "old", [3.0, 5.0, 7.0], seed=1)
-    new = _write_tones(tmp_path / "new", [2.5, 4.5, 6.5, 3.5, 5.5], seed=2)
+    old = write_tones(tmp_path / "old", [3.0, 5.0, 7.0], seed=1)
+    new = write_tones(tmp_path / "new", [2.5, 4.5, 6.5, 3.5, 5.5], seed=2)
     sources = [str(old[0].parent), str(new[0].parent)]
     reference, out = tmp_path / "reference", tmp_path / "out"
     for folder in (reference, out):
@@ -220,7 +206,7 @@ def test_progress_counts_the_files_of_chunks_still_being_decoded(
 
 
 def test_a_corpus_prepared_from_another_folder_comes_out_in_the_same_order(tmp_path: Path) -> None:
-    _write_tones(tmp_path / "here" / "raw", [2.5, 3.0, 4.5, 6.0, 7.5, 2.2, 5.1], seed=5)
+    write_tones(tmp_path / "here" / "raw", [2.5, 3.0, 4.5, 6.0, 7.5, 2.2, 5.1], seed=5)
     shutil.copytree(tmp_path / "here" / "raw", tmp_path / "elsewhere" / "deeper" / "raw")
     here = prepare([str(tmp_path / "here" / "raw")], tmp_path / "a", CONFIG, workers=2)
     there = prepare([str(tmp_path / "elsewhere" / "deeper" / "raw")], tmp_path / "b", CONFIG, workers=2)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.corpus import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
@@ -25,21 +26,8 @@ V2_CONFIG = PrepareConfig(
 )
 
 
-def _tones(folder: Path, seconds: list[float], seed: int, rate: int = 8000) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for number, length in enumerate(seconds):
-        t = np.arange(round(length * rate)) / rate
-        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 600) * t) + rng.normal(0, 0.01, t.size)
-        path = folder / f"t{seed}_{number:03d}.wav"
-        sf.write(path, tone.astype(np.float32), rate, subtype="PCM_16")
-        paths.append(path)
-    return paths
-
-
 def test_manifest_json_keeps_summaries_and_the_source_table_every_record(tmp_path: Path) -> None:
-    _tones(tmp_path / "raw", [1.5, 2.0, 2.5, 3.0, 0.3], seed=1)
+    write_tones(tmp_path / "raw", [1.5, 2.0, 2.5, 3.0, 0.3], seed=1, rate=8000)
     (tmp_path / "raw" / "broken.wav").write_bytes(b"RIFF....WAVE")
     committed = prepare([str(tmp_path / "raw")], tmp_path / "out", V2_CONFIG, workers=1)
     data = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
@@ -55,10 +43,10 @@ def test_manifest_json_keeps_summaries_and_the_source_table_every_record(tmp_pat
 
 
 def test_a_nightly_run_adds_a_table_of_what_it_decided_and_a_uris_latest_row_holds(tmp_path: Path) -> None:
-    first = _tones(tmp_path / "raw", [1.5, 2.0, 2.5], seed=2)
+    first = write_tones(tmp_path / "raw", [1.5, 2.0, 2.5], seed=2, rate=8000)
     out = tmp_path / "out"
     before = prepare([str(tmp_path / "raw")], out, V2_CONFIG, workers=1)
-    _tones(tmp_path / "raw", [3.5], seed=3)
+    write_tones(tmp_path / "raw", [3.5], seed=3, rate=8000)
     sf.write(first[0], np.zeros(8000 * 2, np.float32) + np.float32(0.2) * np.sin(np.arange(16000)), 8000)
     after = prepare([str(tmp_path / "raw")], out, V2_CONFIG, workers=1)
 
@@ -79,7 +67,7 @@ def test_a_nightly_commit_reads_only_the_records_it_changes_and_keeps_the_summar
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw, out = tmp_path / "raw", tmp_path / "out"
-    first = _tones(raw, [1.5, 2.0, 2.5, 3.0, 0.4], seed=6)
+    first = write_tones(raw, [1.5, 2.0, 2.5, 3.0, 0.4], seed=6, rate=8000)
     (raw / "broken.wav").write_bytes(b"RIFF....WAVE")
     prepare([str(raw)], out, V2_CONFIG, workers=1)
 
@@ -87,7 +75,7 @@ def test_a_nightly_commit_reads_only_the_records_it_changes_and_keeps_the_summar
         raise AssertionError("the whole source table was read")
 
     monkeypatch.setattr(SourceRecords, "_entries", whole_table)
-    _tones(raw, [2.2, 0.3], seed=7)  # one kept, one too short
+    write_tones(raw, [2.2, 0.3], seed=7, rate=8000)  # one kept, one too short
     (raw / "copy.wav").write_bytes(first[1].read_bytes())  # a duplicate of a kept file
     sf.write(first[0], np.zeros(8000 * 2, np.float32), 8000)  # kept before, now digitally silent
     (raw / "broken.wav").unlink()  # no longer listed: its record stays
@@ -107,7 +95,7 @@ def test_a_nightly_commit_reads_only_the_records_it_changes_and_keeps_the_summar
 
 
 def test_a_damaged_source_table_is_reported_by_verify(tmp_path: Path) -> None:
-    _tones(tmp_path / "raw", [1.5, 2.0], seed=4)
+    write_tones(tmp_path / "raw", [1.5, 2.0], seed=4, rate=8000)
     manifest = prepare([str(tmp_path / "raw")], tmp_path / "out", V2_CONFIG, workers=1)
     table = tmp_path / "out" / manifest.source_tables[0].path
     data = bytearray(table.read_bytes())
@@ -126,7 +114,7 @@ def test_a_version_2_folder_reads_as_it_is_and_the_next_prepare_makes_it_version
     assert verify(folder) == [] and len(ShardCorpus(folder)) == 3
     shard_bytes = {s.path: (folder / s.path).read_bytes() for s in old.shards}
 
-    _tones(tmp_path / "raw", [1.5, 3.5], seed=5)
+    write_tones(tmp_path / "raw", [1.5, 3.5], seed=5, rate=8000)
     grown = prepare([str(tmp_path / "raw")], folder, V2_CONFIG, workers=1)
     data = json.loads((folder / MANIFEST_NAME).read_text())
     assert data["version"] == 3 and "sources" not in data
