@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.corpus import write_tones
+from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare import pack, shard_writer
 from w2v.prepare.config import PrepareConfig

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.corpus import write_tones
+from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
