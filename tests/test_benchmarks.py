@@ -83,3 +83,30 @@ def test_the_synthetic_scale_benchmark_opens_and_plans_an_indexed_folder_without
     assert synthetic["batches_per_epoch"] > 0 and synthetic["sought_batch_rows"] > 0
     assert synthetic["open_s"] > 0 and synthetic["plan_s"] > 0 and synthetic["peak_rss_mb"] > 0
     assert synthetic["index_bytes"] > 20_000 * 20  # the index holds every row; the manifest only shards
+
+
+@pytest.mark.slow
+def test_the_short_file_benchmark_prints_both_anchored_ratios_as_json(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "benchmarks/prepare.py",
+        "--short-files",
+        "24",
+        "--repeat",
+        "1",
+        "--corpus",
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "prepare (short files)" and result["files"] == 24
+    for ratio in ("decode_per_file_vs_floor", "decode_per_file_vs_floor_measured", "two_worker_speedup"):
+        assert result[ratio] > 0, ratio
+    # The measured anchor pays for the measurements on top of the floor.
+    assert result["seconds"]["floor_measured"] > result["seconds"]["floor"]
+    assert set(result["targets"]) == {
+        "decode_per_file_vs_floor",
+        "decode_per_file_vs_floor_measured",
+        "two_worker_speedup",
+        "flow_fixed_cost_s",
+    }

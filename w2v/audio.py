@@ -46,7 +46,8 @@ def fit_to_full_scale(samples: np.ndarray) -> tuple[np.ndarray, float]:
     Float sources and resampling overshoot can exceed 1.0; clipping would distort, and the loader
     normalizes each utterance to unit variance anyway, so a uniform gain loses nothing.
     """
-    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    # Highest and lowest in two passes: no |x| array is allocated.
+    peak = max(float(samples.max()), -float(samples.min())) if samples.size else 0.0
     limit = 32767.0 / INT16_SCALE
     if peak <= limit:
         return samples, 1.0
@@ -57,7 +58,7 @@ def fit_to_full_scale(samples: np.ndarray) -> tuple[np.ndarray, float]:
 def to_int16(samples: np.ndarray) -> np.ndarray:
     """Quantize float audio in [-1, 1] to int16; exact for audio that was int16 to begin with."""
     # float32 holds every int16 value exactly, so int16 sources come back bit-exact.
-    scaled = samples.astype(np.float32) * np.float32(INT16_SCALE)
+    scaled = np.multiply(samples, np.float32(INT16_SCALE), dtype=np.float32)  # one new array, scaled in place
     np.rint(scaled, out=scaled)
     np.clip(scaled, -32768, 32767, out=scaled)
     return scaled.astype(np.int16)

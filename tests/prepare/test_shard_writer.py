@@ -131,19 +131,19 @@ import w2v.prepare.shard_writer as shard_writer
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 
-_write = shard_writer.write_stream_atomic
+_write = shard_writer.write_buffer_atomic
 _calls = []
 
 
-def write_then_die(table, path):
+def write_then_die(data, path):
     _calls.append(path)
     if len(_calls) == 2:  # the second shard of this worker: half of it on disk, then the whole run dies
-        Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}").write_bytes(b"ARROW1" * 1000)
+        Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}").write_bytes(bytes(data)[: len(data) // 2])
         os.killpg(0, signal.SIGKILL)
-    return _write(table, path)
+    return _write(data, path)
 
 
-shard_writer.write_stream_atomic = write_then_die
+shard_writer.write_buffer_atomic = write_then_die
 
 if __name__ == "__main__":
     from w2v.prepare.pipeline import prepare

@@ -159,7 +159,7 @@ def _process(
     pcm = audio.to_int16(scaled)
     decoded_seconds = pcm.shape[0] / config.sample_rate
     measured_source = {**described, "gain": gain, "decoded_seconds": decoded_seconds}
-    peak = int(np.max(np.abs(pcm.astype(np.int32))))
+    peak = max(int(pcm.max()), -int(pcm.min()))  # as int: -(-32768) does not fit int16
     if peak <= SILENT_PEAK_STEPS:
         error = f"{uri}: digitally silent (peak {peak} of 32767 over {decoded_seconds:.2f} s)"
         return SourceEntry(**base, **measured_source, status="rejected", reason="silent", error=error), []

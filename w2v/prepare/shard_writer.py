@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,20 @@ from w2v.shards.index import INDEX_SCHEMA, table_index
 from w2v.shards.manifest import (
     ShardEntry,
     SourceEntry,
+    fsync_dir,
     source_entry_from_json,
     source_entry_to_json,
     write_bytes_atomic,
     write_text_atomic,
 )
-from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
+from w2v.shards.table import (
+    Utterance,
+    WrittenFile,
+    stream_buffer,
+    utterance_table,
+    write_buffer_atomic,
+    write_stream_atomic,
+)
 
 # How often a chunk writer tells how many of its files are done (for progress bars; chunks are large).
 PROGRESS_SECONDS = 1.0
@@ -99,9 +108,12 @@ class ChunkWriter:
         self._sources: list[SourceEntry] = []
         self._pending: dict[int, list[Utterance]] = defaultdict(list)
         self._pending_bytes: dict[int, int] = defaultdict(int)
-        self._written: list[tuple[ShardEntry, pa.Table, dict[str, Any]]] = []
+        # Per shard: its name, bucket, rows, seconds, the file write (a thread's), index rows, histograms.
+        self._written: list[tuple[str, int, int, float, Future[WrittenFile], pa.Table, dict[str, Any]]] = []
         self._numbers: dict[int, int] = defaultdict(int)
         self._progress_at = time.monotonic()
+        # Hashing, writing and fsyncing a shard overlap decoding the next files; one shard at a time.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shards-{key[:8]}")
 
     def add(self, entry: SourceEntry, utterances: list[Utterance]) -> None:
         """One source's outcome and its rows; writes a bucket out once it holds a shard's worth."""
@@ -123,14 +135,21 @@ class ChunkWriter:
         """Write what is left, then the index rows and the record (last); returns the record's path."""
         for bucket in sorted(self._pending):
             self._flush(bucket)
+        self._io.shutdown(wait=True)
+        shards = []
+        for name, bucket, rows, seconds, written, _, histograms in self._written:
+            file = written.result()  # a failed write raises here, before any record names the shard
+            entry = ShardEntry(name, bucket, rows, seconds, file.bytes, file.sha256)
+            shards.append({**asdict(entry), "histograms": histograms})
+        if shards:
+            fsync_dir(self.out)  # the shards' names are durable before the record that names them
         staging = self.out / STAGING_NAME
         staging.mkdir(parents=True, exist_ok=True)
-        tables = [index for _, index, _ in self._written]
-        index_bytes = write_index_rows(index_path(staging, self.key), tables)
+        index_bytes = write_index_rows(index_path(staging, self.key), [index for *_, index, _ in self._written])
         record = {
             "key": self.key,
             "sources": [source_entry_to_json(entry) for entry in self._sources],
-            "shards": [{**asdict(entry), "histograms": histograms} for entry, _, histograms in self._written],
+            "shards": shards,
             "index_bytes": index_bytes,
         }
         path = record_path(staging, self.key)
@@ -152,8 +171,14 @@ class ChunkWriter:
         name = self.layout.shard_name(bucket, self.label, self._numbers[bucket])
         self._numbers[bucket] += 1
         table = utterance_table(rows)
-        entry = write_shard(self.out / name, table, bucket, self.layout.sample_rate)
-        self._written.append((entry, table_index(table, name), table_histograms(table)))
+        data = stream_buffer(table)
+        seconds = float(pc.sum(table.column("num_samples")).as_py() or 0) / self.layout.sample_rate
+        if self._written:
+            self._written[-1][4].result()  # at most one shard's bytes wait for the disk
+        written = self._io.submit(write_buffer_atomic, data, self.out / name)
+        self._written.append(
+            (name, bucket, table.num_rows, seconds, written, table_index(table, name), table_histograms(table))
+        )
 
 
 def write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> ShardEntry:

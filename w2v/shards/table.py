@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,29 +61,33 @@ class WrittenFile:
 
 
 def write_stream_atomic(table: pa.Table, path: Path) -> WrittenFile:
-    """Write `table` as an Arrow IPC stream under a temporary name, fsync and hash it, rename it to `path`."""
-    tmp = _write_temporary(table, path)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    written = WrittenFile(bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
-    os.replace(tmp, path)
-    return written
+    """Write `table` as an Arrow IPC stream file at `path`, whole or not at all (see `write_buffer_atomic`)."""
+    return write_buffer_atomic(stream_buffer(table), path)
 
 
-def write_scratch_stream(table: pa.Table, path: Path) -> int:
-    """Like `write_stream_atomic` but neither fsynced nor hashed (staging parts: a reader checks their size
-    against their record, and a mismatch only means decoding that chunk again). Returns the size."""
-    tmp = _write_temporary(table, path)
-    size = tmp.stat().st_size
-    os.replace(tmp, path)
-    return size
-
-
-def _write_temporary(table: pa.Table, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+def stream_buffer(table: pa.Table) -> pa.Buffer:
+    """`table` as the bytes of an Arrow IPC stream, in memory."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=ROWS_PER_BATCH)
-    return tmp
+    return sink.getvalue()
+
+
+def write_buffer_atomic(data: pa.Buffer | bytes, path: Path) -> WrittenFile:
+    """Hash `data` and write it under a temporary name, fsync it and rename it to `path` (its folder is not
+    fsynced: a caller that records the file fsyncs the folder once, before the record).
+
+    Hashing, writing and fsync release the GIL, so a thread can run this while the caller decodes on.
+    """
+    view = memoryview(data)
+    digest = hashlib.sha256(view).hexdigest()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "wb") as f:
+        f.write(view)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return WrittenFile(bytes=view.nbytes, sha256=digest)
 
 
 def sha256_file(path: Path, block_bytes: int = 8 << 20) -> str:
