@@ -16,7 +16,9 @@ def log_spaced_edges(min_seconds: float, max_seconds: float, num_buckets: int) -
     if num_buckets <= 1 or min_seconds >= max_seconds:
         return (float(min_seconds), float(max_seconds))
     inner = np.geomspace(min_seconds, max_seconds, num_buckets + 1)[1:-1]
-    return (float(min_seconds), *(round(float(e), 6) for e in inner), float(max_seconds))
+    # Rounded for a readable manifest, but never past an outer edge (min and max may be a rounding apart).
+    rounded = (min(max(round(float(e), 6), min_seconds), max_seconds) for e in inner)
+    return (float(min_seconds), *(float(e) for e in rounded), float(max_seconds))
 
 
 def assign_buckets(durations_seconds: np.ndarray, inner_edges: tuple[float, ...]) -> np.ndarray:
