@@ -30,6 +30,7 @@ from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
 from w2v.prepare.process import Chunk
 from w2v.prepare.report import corpus_report_markdown, run_summary
 from w2v.prepare.shard_writer import STAGING_NAME, ShardLayout, chunk_is_complete
+from w2v.shards.location import prepare_output
 from w2v.shards.manifest import Manifest
 
 # Chunk records make every task idempotent; decode-chunk also shows up as Cached in Prefect when its chunk is done.
@@ -79,7 +80,7 @@ def decode_chunk(
     layout: ShardLayout,
     out: Path,
     storage: StorageAccess,
-) -> Path:
+) -> str:
     return process_chunk_isolated(chunk, config, layout, out, storage.options())
 
 
@@ -138,7 +139,7 @@ def prepare_corpus(
         vad=vad,
         quality=quality if quality is not None else QualityThresholds(),
     )
-    out_dir = Path(out)
+    out_dir = prepare_output(out)
     with exclusive_writer(out_dir):
         run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage)
         decode_all(run_plan, config, workers, storage, dask_address)
@@ -167,7 +168,7 @@ def decode_all(
         runner = ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
     with runner:
         parameters = {"config": config, "layout": run_plan.layout, "out": run_plan.out, "storage": storage}
-        futures: list[PrefectFuture[Path]] = [
+        futures: list[PrefectFuture[str]] = [
             runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first
         ]
         for future in futures:

@@ -127,11 +127,11 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 
-import w2v.prepare.shard_writer as shard_writer
+import w2v.shards.location as location
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 
-_write = shard_writer.write_buffer_atomic
+_write = location.write_buffer_atomic
 _calls = []
 
 
@@ -143,7 +143,7 @@ def write_then_die(data, path):
     return _write(data, path)
 
 
-shard_writer.write_buffer_atomic = write_then_die
+location.write_buffer_atomic = write_then_die
 
 if __name__ == "__main__":
     from w2v.prepare.pipeline import prepare

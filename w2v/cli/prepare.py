@@ -18,7 +18,7 @@ from w2v.errors import W2VError
 @app.command()
 def prepare(
     sources: Annotated[list[str], typer.Argument(help="Folders, globs, list files (.txt) or s3:// prefixes.")],
-    out: Annotated[Path, typer.Option(help="Shard folder; re-running into it adds only new files.")],
+    out: Annotated[str, typer.Option(help="Shard folder; re-running into it adds only new files.")],
     sample_rate: Annotated[int, typer.Option(help="Target sample rate in Hz.")] = 16_000,
     min_seconds: Annotated[float, typer.Option(help="Pieces shorter than this are dropped.")] = 2.0,
     max_seconds: Annotated[float, typer.Option(help="Longer recordings are cut at quiet frames.")] = 20.0,
@@ -48,6 +48,7 @@ def prepare(
 ) -> None:
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
     options = parse_storage_options(storage_options)  # bad input fails before the heavy imports
+    folder = _output_folder(out)
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
     with prefect_api() as api:  # a temporary server starts beside the imports below
         from flows.prepare_corpus import prepare_corpus
@@ -57,7 +58,7 @@ def prepare(
             thresholds = QualityThresholds(None, None, None, None)
         api.ready()  # before any progress output: an API that is not there is one line, not a traceback
         summary = _run_with_progress(
-            out,
+            folder,
             lambda: prepare_corpus(
                 sources=sources,
                 out=str(out),
@@ -84,6 +85,15 @@ def prepare(
         f"{counts['shards']} shards; this run decoded {summary['last_run']['files_decoded']} of "
         f"{summary['last_run']['files_listed']} files; rejected: {counts['rejected'] or 'none'}"
     )
+
+
+def _output_folder(out: str) -> Path:
+    from w2v.shards.location import prepare_output
+
+    try:
+        return prepare_output(out)
+    except W2VError as error:
+        fail(str(error))
 
 
 def _run_with_progress(out: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.process import Chunk, SourceTask, process_chunk
-from w2v.prepare.shard_writer import STAGING_NAME, ChunkWriter, ShardLayout, chunk_is_complete, record_path
+from w2v.prepare.shard_writer import ChunkWriter, ShardLayout, chunk_is_complete, record_url
+from w2v.shards.location import Location
 from w2v.shards.manifest import SourceEntry
 
 T = TypeVar("T")
@@ -46,12 +47,13 @@ def process_chunk_isolated(
     chunk: Chunk,
     config: PrepareConfig,
     layout: ShardLayout,
-    out: Path,
+    out: Path | str,
     storage_options: dict[str, Any] | None = None,
-) -> Path:
+) -> str:
     """`process_chunk` in a child process; survives a decoder crash by isolating the file that caused it."""
-    if chunk_is_complete(out, chunk.key):
-        return record_path(out / STAGING_NAME, chunk.key)
+    folder = Location.of(out, storage_options)
+    if chunk_is_complete(folder, chunk.key):
+        return record_url(folder, chunk.key)
     try:
         return run_in_child(process_chunk, (chunk, config, layout, out, storage_options), f"chunk {chunk.key}")
     except ChildCrashed as crash:
@@ -62,7 +64,7 @@ def process_chunk_isolated(
         except ChildCrashed as canary:
             raise W2VError(f"{canary}; no file was decoded (first failure: {crash})") from crash
     # Shards the crashed child wrote are overwritten by the same names, or left unreferenced for the commit.
-    writer = ChunkWriter(out, chunk.key, layout, chunk.label)
+    writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
     for task in chunk.tasks:
         try:
             writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri))

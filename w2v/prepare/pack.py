@@ -20,7 +20,7 @@ from w2v.prepare.config import PrepareConfig
 from w2v.prepare.progress import STAGING_NAME
 from w2v.prepare.shard_writer import ChunkRecord, ShardLayout, read_chunk_record, write_shard
 from w2v.shards.histograms import BINS, can_merge, merged_histograms, quality_histograms, table_histograms
-from w2v.shards.index import index_file_name, read_index_file, shard_index, write_index
+from w2v.shards.index import index_file_name, shard_index, write_index
 from w2v.shards.manifest import (
     REJECTS_NAME,
     IndexEntry,
@@ -127,7 +127,7 @@ def _chunk_index_rows(records: list[ChunkRecord], shards: set[str]) -> list[pa.T
     """The index rows the workers wrote, of the shards in `shards` (those the commit did not rewrite)."""
     tables = []
     for record in records:
-        table = read_index_file(record.index_path)
+        table = record.index_rows()
         if not table.num_rows:
             continue
         names = pc.cast(table.column("shard"), pa.string())

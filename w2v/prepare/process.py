@@ -22,7 +22,8 @@ from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import every_piece_failed, first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
-from w2v.prepare.shard_writer import STAGING_NAME, ChunkWriter, ShardLayout, chunk_is_complete, record_path
+from w2v.prepare.shard_writer import ChunkWriter, ShardLayout, chunk_is_complete, record_url
+from w2v.shards.location import Location
 from w2v.shards.manifest import SourceEntry
 from w2v.shards.table import Utterance
 from w2v.storage import Source, open_source
@@ -101,13 +102,15 @@ def process_chunk(
     chunk: Chunk,
     config: PrepareConfig,
     layout: ShardLayout,
-    out: Path,
+    out: Path | str,
     storage_options: dict[str, Any] | None = None,
-) -> Path:
-    """Decode a chunk into its final shards in `out`; returns its record (at once if it is done already)."""
-    if chunk_is_complete(out, chunk.key):
-        return record_path(out / STAGING_NAME, chunk.key)
-    writer = ChunkWriter(out, chunk.key, layout, chunk.label)
+) -> str:
+    """Decode a chunk into its final shards in `out` (a folder or a URL); returns where its record is (at
+    once if the chunk is done already)."""
+    folder = Location.of(out, storage_options)
+    if chunk_is_complete(folder, chunk.key):
+        return record_url(folder, chunk.key)
+    writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
     for task in chunk.tasks:
         writer.add(*process_source(task, config, storage_options))
     return writer.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from w2v.shards.location import Location
 from w2v.shards.manifest import write_text_atomic
 
 PLAN_RECORD = "plan.json"
@@ -18,27 +19,27 @@ def write_plan_record(staging: Path, files_to_decode: int, chunks: int) -> None:
     write_text_atomic(staging / PLAN_RECORD, json.dumps({"files_to_decode": files_to_decode, "chunks": chunks}))
 
 
-def staged_progress(out: Path) -> tuple[int, int | None]:
+def staged_progress(out: Path | Location) -> tuple[int, int | None]:
     """(files decoded so far, files to decode or None before the plan exists) for the run writing `out`."""
-    staging = out / STAGING_NAME
+    staging = Location.of(out).child(STAGING_NAME)
     try:
-        total = int(json.loads((staging / PLAN_RECORD).read_text())["files_to_decode"])
+        total = int(json.loads(staging.read_bytes(PLAN_RECORD))["files_to_decode"])
     except (OSError, ValueError, KeyError):
         return 0, None
     done = 0
     finished = set()
-    for record in staging.glob("*.json"):
-        if record.name == PLAN_RECORD:
+    for name in staging.names("*.json"):
+        if name == PLAN_RECORD:
             continue
         try:
-            done += len(json.loads(record.read_text())["sources"])
-            finished.add(record.stem)
+            done += len(json.loads(staging.read_bytes(name))["sources"])
+            finished.add(name.removesuffix(".json"))
         except (OSError, ValueError, KeyError):
             continue  # being renamed into place or cleaned up
-    for progress in staging.glob(f"*{PROGRESS_SUFFIX}"):
-        if progress.stem not in finished:
+    for name in staging.names(f"*{PROGRESS_SUFFIX}"):
+        if name.removesuffix(PROGRESS_SUFFIX) not in finished:
             try:
-                done += int(progress.read_text())
+                done += int(staging.read_bytes(name))
             except (OSError, ValueError):
                 continue
     return done, total

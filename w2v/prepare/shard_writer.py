@@ -29,23 +29,14 @@ from w2v.prepare.buckets import assign_buckets
 from w2v.prepare.progress import PROGRESS_SUFFIX, STAGING_NAME
 from w2v.shards.histograms import table_histograms
 from w2v.shards.index import INDEX_SCHEMA, table_index
+from w2v.shards.location import Location
 from w2v.shards.manifest import (
     ShardEntry,
     SourceEntry,
-    fsync_dir,
     source_entry_from_json,
     source_entry_to_json,
-    write_bytes_atomic,
-    write_text_atomic,
 )
-from w2v.shards.table import (
-    Utterance,
-    WrittenFile,
-    stream_buffer,
-    utterance_table,
-    write_buffer_atomic,
-    write_stream_atomic,
-)
+from w2v.shards.table import Utterance, WrittenFile, stream_buffer, utterance_table, write_stream_atomic
 
 # How often a chunk writer tells how many of its files are done (for progress bars; chunks are large).
 PROGRESS_SECONDS = 1.0
@@ -83,24 +74,40 @@ class ChunkRecord:
     sources: tuple[SourceEntry, ...]
     shards: tuple[ShardEntry, ...]
     histograms: tuple[dict[str, Any], ...]  # per shard, as table_histograms
-    index_path: Path
+    staging: Location
+
+    def index_rows(self) -> pa.Table:
+        """The index rows of the chunk's shards, as the worker wrote them."""
+        return pa.ipc.open_file(pa.py_buffer(self.staging.read_bytes(index_name(self.key)))).read_all()
 
 
-def record_path(staging: Path, key: str) -> Path:
-    return staging / f"{key}.json"
+def record_name(key: str) -> str:
+    return f"{key}.json"
 
 
-def index_path(staging: Path, key: str) -> Path:
-    return staging / f"{key}.index.arrow"
+def index_name(key: str) -> str:
+    return f"{key}.index.arrow"
+
+
+def record_url(out: Path | Location, key: str) -> str:
+    """Where a chunk's record is (a path, or a URL when the folder is one)."""
+    return Location.of(out).child(STAGING_NAME).url(record_name(key))
 
 
 class ChunkWriter:
-    """Collects a chunk's decoded sources and writes them as final shards into `out` (see the module doc)."""
+    """Collects a chunk's decoded sources and writes them as final shards into `out`, a local folder or a
+    Location (see the module doc)."""
 
     def __init__(
-        self, out: Path, key: str, layout: ShardLayout, label: str | None = None, buffer_bytes: int = BUFFER_BYTES
+        self,
+        out: Path | Location,
+        key: str,
+        layout: ShardLayout,
+        label: str | None = None,
+        buffer_bytes: int = BUFFER_BYTES,
     ) -> None:
-        self.out = out
+        self.out = Location.of(out)
+        self.staging = self.out.child(STAGING_NAME)
         self.key = key
         self.label = label or key[:12]  # in shard names
         self.layout = layout
@@ -131,8 +138,8 @@ class ChunkWriter:
         while sum(self._pending_bytes.values()) > self.buffer_bytes:
             self._flush(max(self._pending_bytes, key=lambda b: self._pending_bytes[b]))
 
-    def finish(self) -> Path:
-        """Write what is left, then the index rows and the record (last); returns the record's path."""
+    def finish(self) -> str:
+        """Write what is left, then the index rows and the record (last); returns where the record is."""
         for bucket in sorted(self._pending):
             self._flush(bucket)
         self._io.shutdown(wait=True)
@@ -142,24 +149,21 @@ class ChunkWriter:
             entry = ShardEntry(name, bucket, rows, seconds, file.bytes, file.sha256)
             shards.append({**asdict(entry), "histograms": histograms})
         if shards:
-            fsync_dir(self.out)  # the shards' names are durable before the record that names them
-        staging = self.out / STAGING_NAME
-        staging.mkdir(parents=True, exist_ok=True)
-        index_bytes = write_index_rows(index_path(staging, self.key), [index for *_, index, _ in self._written])
+            self.out.sync()  # the shards' names are durable before the record that names them
+        self.staging.make()
+        index_bytes = write_index_rows(self.staging, index_name(self.key), [index for *_, index, _ in self._written])
         record = {
             "key": self.key,
             "sources": [source_entry_to_json(entry) for entry in self._sources],
             "shards": shards,
             "index_bytes": index_bytes,
         }
-        path = record_path(staging, self.key)
-        write_text_atomic(path, json.dumps(record) + "\n")
-        return path
+        self.staging.write_bytes(record_name(self.key), (json.dumps(record) + "\n").encode())
+        return self.staging.url(record_name(self.key))
 
     def _tell_progress(self) -> None:
-        staging = self.out / STAGING_NAME
-        staging.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(staging / f"{self.key}{PROGRESS_SUFFIX}", str(len(self._sources)).encode(), sync=False)
+        self.staging.make()
+        self.staging.write_bytes(f"{self.key}{PROGRESS_SUFFIX}", str(len(self._sources)).encode(), sync=False)
         self._progress_at = time.monotonic()
 
     def _flush(self, bucket: int) -> None:
@@ -175,7 +179,7 @@ class ChunkWriter:
         seconds = float(pc.sum(table.column("num_samples")).as_py() or 0) / self.layout.sample_rate
         if self._written:
             self._written[-1][4].result()  # at most one shard's bytes wait for the disk
-        written = self._io.submit(write_buffer_atomic, data, self.out / name)
+        written = self._io.submit(self.out.write_hashed, name, data)
         self._written.append(
             (name, bucket, table.num_rows, seconds, written, table_index(table, name), table_histograms(table))
         )
@@ -188,37 +192,38 @@ def write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> S
     return ShardEntry(path.name, bucket, table.num_rows, seconds, written.bytes, written.sha256)
 
 
-def write_index_rows(path: Path, tables: list[pa.Table]) -> int:
+def write_index_rows(staging: Location, name: str, tables: list[pa.Table]) -> int:
     """A chunk's index rows as one Arrow IPC file (not fsynced: a lost one only means decoding again)."""
     table = pa.concat_tables(tables).unify_dictionaries().combine_chunks() if tables else INDEX_SCHEMA.empty_table()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
         writer.write_table(table)
     data = sink.getvalue().to_pybytes()
-    write_bytes_atomic(path, data, sync=False)
+    staging.write_bytes(name, data, sync=False)
     return len(data)
 
 
-def chunk_is_complete(out: Path, key: str) -> bool:
+def chunk_is_complete(out: Path | Location, key: str) -> bool:
     """Whether a chunk is done: its record is there, and its index rows and shards have the sizes it names."""
-    staging = out / STAGING_NAME
+    folder = Location.of(out)
+    staging = folder.child(STAGING_NAME)
     try:
-        record = json.loads(record_path(staging, key).read_text())
-        if index_path(staging, key).stat().st_size != record["index_bytes"]:
+        record = json.loads(staging.read_bytes(record_name(key)))
+        if staging.size(index_name(key)) != record["index_bytes"]:
             return False
-        return all((out / s["path"]).stat().st_size == s["bytes"] for s in record["shards"])
+        return all(folder.size(s["path"]) == s["bytes"] for s in record["shards"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
-def read_chunk_record(out: Path, key: str) -> ChunkRecord:
-    staging = out / STAGING_NAME
-    record = json.loads(record_path(staging, key).read_text())
+def read_chunk_record(out: Path | Location, key: str) -> ChunkRecord:
+    staging = Location.of(out).child(STAGING_NAME)
+    record = json.loads(staging.read_bytes(record_name(key)))
     shards = [{k: v for k, v in s.items() if k != "histograms"} for s in record["shards"]]
     return ChunkRecord(
         key=key,
         sources=tuple(source_entry_from_json(e) for e in record["sources"]),
         shards=tuple(ShardEntry(**s) for s in shards),
         histograms=tuple(s["histograms"] for s in record["shards"]),
-        index_path=index_path(staging, key),
+        staging=staging,
     )

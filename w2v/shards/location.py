@@ -1,0 +1,135 @@
+"""Where a shard folder lives, a local folder or an fsspec URL (s3://, gs://, az://, ...), and the few file
+operations a prepare worker needs there, so a worker on another machine needs only the folder's URL.
+
+A local folder keeps what only a local filesystem gives: files written under a temporary name, fsynced and
+renamed into place, and a folder fsync before a record names them. In an object store an object appears
+whole once its upload completes, so one put is the atomic write, and there is no folder to fsync.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from w2v.errors import W2VError
+from w2v.shards.manifest import fsync_dir, write_bytes_atomic
+from w2v.shards.table import WrittenFile, write_buffer_atomic
+from w2v.storage import is_url
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder: `root` is a local path or a URL; `storage_options` are fsspec's (credentials come from the
+    environment, as for sources)."""
+
+    root: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, folder: str | Path | Location, storage_options: Mapping[str, Any] | None = None) -> Location:
+        if isinstance(folder, Location):
+            return folder
+        root = str(folder).rstrip("/") if is_url(str(folder)) else str(Path(folder))
+        return cls(root, dict(storage_options or {}) if is_url(root) else {})
+
+    @property
+    def is_local(self) -> bool:
+        return not is_url(self.root)
+
+    @property
+    def local(self) -> Path:
+        """The folder as a local path (a URL has none)."""
+        if not self.is_local:
+            raise W2VError(f"{self.root}: a URL, where a local or shared folder is needed")
+        return Path(self.root)
+
+    def child(self, name: str) -> Location:
+        return Location(self.url(name), self.storage_options)
+
+    def url(self, name: str) -> str:
+        """The path or URL of `name` in this folder, as messages and records name it."""
+        return str(Path(self.root) / name) if self.is_local else f"{self.root}/{name}"
+
+    def make(self) -> None:
+        if self.is_local:
+            self.local.mkdir(parents=True, exist_ok=True)  # an object store has no folders to make
+
+    def write_bytes(self, name: str, data: bytes, sync: bool = True) -> None:
+        """Write a file whole or not at all (locally: without `sync`, whole or absent after a crash of the
+        process, not of the machine)."""
+        if self.is_local:
+            write_bytes_atomic(self.local / name, data, sync)
+        else:
+            self._fs.pipe_file(self._path(name), data)
+
+    def write_hashed(self, name: str, data: Any) -> WrittenFile:
+        """Write `data` (bytes or a buffer) whole or not at all, fsynced locally; returns its size and sha256.
+        Hashing and writing release the GIL, so a thread can run this while its caller works on."""
+        if self.is_local:
+            return write_buffer_atomic(data, self.local / name)
+        view = memoryview(data)
+        digest = hashlib.sha256(view).hexdigest()
+        self._fs.pipe_file(self._path(name), bytes(view))
+        return WrittenFile(bytes=view.nbytes, sha256=digest)
+
+    def read_bytes(self, name: str) -> bytes:
+        if self.is_local:
+            return (self.local / name).read_bytes()
+        data: bytes = self._fs.cat_file(self._path(name))
+        return data
+
+    def size(self, name: str) -> int:
+        """The size of `name`; FileNotFoundError when it is not there."""
+        if self.is_local:
+            return (self.local / name).stat().st_size
+        return int(self._fs.size(self._path(name)))
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """The names of the files directly in this folder that match `pattern` (fnmatch), sorted."""
+        if self.is_local:
+            folder = self.local
+            return sorted(p.name for p in folder.glob(pattern) if p.is_file()) if folder.is_dir() else []
+        try:
+            listed = self._fs.ls(self._path(""), detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        names = (os.path.basename(info["name"].rstrip("/")) for info in listed if info.get("type") != "directory")
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+    def sync(self) -> None:
+        """Make the names of the files written here durable (a local folder's fsync; nothing in a store)."""
+        if self.is_local:
+            fsync_dir(self.local)
+
+    @functools.cached_property
+    def _store(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        return fsspec.core.url_to_fs(self.root, **self.storage_options)
+
+    @property
+    def _fs(self) -> fsspec.AbstractFileSystem:
+        return self._store[0]
+
+    def _path(self, name: str) -> str:
+        root = self._store[1].rstrip("/")
+        return f"{root}/{name}" if name else root
+
+
+PREPARE_OUT_IS_LOCAL = (
+    "prepare's --out must be a local or shared folder for now (its workers can write to a URL, its commit "
+    "cannot yet); prepare there and copy the folder to the bucket: training reads shards from a URL"
+)
+
+
+def prepare_output(out: str | Path) -> Path:
+    """The folder prepare writes: a URL is refused in one line instead of becoming a local folder "s3:"."""
+    if is_url(str(out)):
+        raise W2VError(f"{out}: {PREPARE_OUT_IS_LOCAL}")
+    return Path(out)
