@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
 from flows.pretrain import TRAINING_TAG, stage, train, upload
-from w2v.shards.manifest import write_text_atomic
+from w2v.atomic import write_text_atomic
 from w2v.train.metrics import read_metrics
 
 REPORT = "report.md"

@@ -30,7 +30,7 @@ from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
 from w2v.prepare.process import Chunk
 from w2v.prepare.report import corpus_report_markdown, run_summary
 from w2v.prepare.shard_writer import STAGING_NAME, ShardLayout, chunk_is_complete
-from w2v.shards.location import prepare_output
+from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest
 
 # Chunk records make every task idempotent; decode-chunk also shows up as Cached in Prefect when its chunk is done.
@@ -39,7 +39,7 @@ from w2v.shards.manifest import Manifest
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
 def plan(
     sources: list[str],
-    out: Path,
+    out: Location,
     config: PrepareConfig,
     metadata: Path | None,
     storage: StorageAccess,
@@ -60,9 +60,14 @@ def staged_chunk_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     metadata row, the decode config and the shard layout; the staging folder (path and inode) ties it to this
     output folder. decode_all re-runs a chunk whose cached output has since gone."""
     chunk: Chunk = parameters["chunk"]
-    staging = (Path(parameters["out"]) / STAGING_NAME).resolve()
-    inode = staging.stat().st_ino if staging.exists() else 0
-    where = hashlib.sha256(f"{staging}:{inode}".encode()).hexdigest()[:16]
+    out: Location = parameters["out"]
+    if out.is_local:
+        staging = (out.local / STAGING_NAME).resolve()
+        inode = staging.stat().st_ino if staging.exists() else 0
+        place = f"{staging}:{inode}"
+    else:
+        place = out.root  # a bucket has no inode: a folder emptied and reused is caught by decode_all's check
+    where = hashlib.sha256(place.encode()).hexdigest()[:16]
     return f"decode-{chunk.key}-{where}"
 
 
@@ -78,23 +83,23 @@ def decode_chunk(
     chunk: Chunk,
     config: PrepareConfig,
     layout: ShardLayout,
-    out: Path,
+    out: Location,
     storage: StorageAccess,
 ) -> str:
     return process_chunk_isolated(chunk, config, layout, out, storage.options())
 
 
 @task(name="commit", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def commit(run_plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:
-    return commit_run(run_plan, config, started)
+def commit(run_plan: RunPlan, config: PrepareConfig, started: str, storage: StorageAccess) -> Manifest:
+    return commit_run(run_plan, config, started, storage.options())
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(manifest: Manifest, out: Path) -> None:
+def publish_report(manifest: Manifest, out: Location, storage: StorageAccess) -> None:
     create_markdown_artifact(
         key="corpus-report",
-        markdown=corpus_report_markdown(manifest, str(out)),
-        description=f"prepare-corpus into {out}",
+        markdown=corpus_report_markdown(manifest, Location.of(out, storage.options())),
+        description=f"prepare-corpus into {out.root}",
     )
 
 
@@ -121,7 +126,8 @@ def prepare_corpus(
     """Prepare shards from SOURCES (folders, globs, list files, s3:// prefixes) into OUT.
 
     Chunks are decoded by `workers` threads here (each with a child process), or, with `dask_address`
-    (tcp://host:8786), by the workers of that Dask cluster, which must see SOURCES and OUT at the same paths.
+    (tcp://host:8786), by the workers of that Dask cluster: local paths must be the same on every worker,
+    URLs (s3://…) work from anywhere. OUT may be a folder or a URL.
     `storage_options` are fsspec options without credentials; those come from the environment or from the
     Prefect Secret block named `credentials_block`, loaded inside each task that reads storage.
     """
@@ -139,12 +145,12 @@ def prepare_corpus(
         vad=vad,
         quality=quality if quality is not None else QualityThresholds(),
     )
-    out_dir = prepare_output(out)
-    with exclusive_writer(out_dir):
-        run_plan = plan(sources, out_dir, config, Path(metadata) if metadata else None, storage)
+    folder = Location.of(out, storage.storage_options)  # no credentials: it is a task parameter
+    with exclusive_writer(Location.of(folder, storage.options())):
+        run_plan = plan(sources, folder, config, Path(metadata) if metadata else None, storage)
         decode_all(run_plan, config, workers, storage, dask_address)
-        manifest = commit(run_plan, config, started)
-    publish_report(manifest, out_dir)
+        manifest = commit(run_plan, config, started, storage)
+    publish_report(manifest, folder, storage)
     return run_summary(manifest)
 
 
@@ -174,7 +180,8 @@ def decode_all(
         for future in futures:
             future.result()
         # A cache hit whose output is gone (the folder was cleaned): decode those chunks again.
-        stale = [c for c in run_plan.chunks_largest_first if not chunk_is_complete(run_plan.out, c.key)]
+        folder = Location.of(run_plan.out, storage.options())
+        stale = [c for c in run_plan.chunks_largest_first if not chunk_is_complete(folder, c.key)]
         if stale:
             get_run_logger().warning("%d cached chunks lost their output: decoding them again", len(stale))
             again = decode_chunk.with_options(refresh_cache=True)

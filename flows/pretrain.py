@@ -19,10 +19,10 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
 from flows.retries import retry_unless_permanent
+from w2v.atomic import write_text_atomic
 from w2v.data.mixture import parse_shards_arg
 from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
-from w2v.shards.manifest import write_text_atomic
 from w2v.train.checkpoint import BEST, complete_checkpoints
 from w2v.train.config import resolve_config_path
 from w2v.train.evaluate import evaluate_checkpoint

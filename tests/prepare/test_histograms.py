@@ -8,14 +8,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile as sf
 
-import w2v.shards.histograms
 from tests.conftest import Corpus
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.pipeline import prepare
 from w2v.shards.histograms import quality_histograms
+from w2v.shards.location import Location
 from w2v.shards.manifest import MANIFEST_NAME, Manifest
 
 CONFIG = PrepareConfig(files_per_chunk=2, max_seconds=6.0)
@@ -48,14 +49,14 @@ def test_histograms_after_adding_changing_and_nothing_equal_a_count_over_every_s
     assert changed.quality_histograms == _counted_from_every_shard(out, changed)
     assert changed.quality_histograms != grown.quality_histograms
 
-    reads: list[Path] = []
-    real = w2v.shards.histograms.read_stream
+    reads: list[str] = []
+    real = Location.read_stream
 
-    def counted(path: Path) -> object:
-        reads.append(path)
-        return real(path)
+    def counted(folder: Location, name: str) -> pa.Table:
+        reads.append(name)
+        return real(folder, name)
 
-    monkeypatch.setattr(w2v.shards.histograms, "read_stream", counted)
+    monkeypatch.setattr(Location, "read_stream", counted)  # how a commit reads a shard
     again = prepare([str(raw)], out, CONFIG, workers=1)
     assert again.last_run["files_decoded"] == 0 and reads == []
     assert again.quality_histograms == changed.quality_histograms

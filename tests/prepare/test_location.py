@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +14,18 @@ import s3fs
 
 from tests.servers import S3Server, moto_s3_server
 from tests.tones import write_tones
-from w2v.errors import W2VError
+from w2v.data.corpus import ShardCorpus
+from w2v.data.staging import stage_shards
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
-from w2v.prepare.pipeline import plan_run
+from w2v.prepare.lock import LEASE_SECONDS, LOCK_NAME, FolderBusy, exclusive_writer
+from w2v.prepare.pipeline import plan_run, prepare
 from w2v.prepare.progress import PLAN_RECORD, STAGING_NAME, staged_progress
 from w2v.prepare.shard_writer import chunk_is_complete, read_chunk_record
-from w2v.shards.location import Location, prepare_output
+from w2v.shards.location import Location
+from w2v.shards.manifest import Manifest, read_manifest
+from w2v.shards.verify import verify
 
 CONFIG = PrepareConfig(max_seconds=8.0, num_buckets=3, quality=QualityThresholds(None, None, None, None))
 
@@ -106,13 +109,64 @@ def test_a_worker_given_only_urls_writes_the_same_shards_into_a_bucket(s3: S3Ser
     assert again == record and chunk_is_complete(remote, chunk.key)
 
 
-def test_prepare_refuses_a_url_for_its_output_in_one_line_and_makes_no_local_folder(tmp_path: Path) -> None:
-    with pytest.raises(W2VError, match=r"^s3://bucket/corpus: prepare's --out must be a local or shared folder"):
-        prepare_output("s3://bucket/corpus")
-    assert prepare_output(tmp_path / "shards") == tmp_path / "shards"
-    command = [sys.executable, "-m", "w2v", "prepare", str(tmp_path), "--out", "s3://bucket/corpus"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    lines = (result.stdout + result.stderr).strip().splitlines()
-    assert len(lines) == 1 and "s3://bucket/corpus" in lines[0] and "local or shared folder" in lines[0], lines
-    assert not (tmp_path / "s3:").exists()
+def _essence(manifest: Manifest) -> dict[str, object]:
+    data = manifest.to_json()
+    return {k: v for k, v in data.items() if k not in {"created", "updated", "last_run", "versions"}}
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_prepare_into_a_bucket_commits_there_as_it_would_locally_and_grows_by_what_is_new(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    raw = tmp_path / "raw"
+    first = write_tones(raw, [2.5, 3.0, 4.5, 6.0, 7.5, 2.2])
+    (raw / "zz_copy.wav").write_bytes(first[0].read_bytes())  # a duplicate: the commit rewrites a shard
+    fs = s3fs.S3FileSystem(**s3.storage_options)  # type: ignore[arg-type]
+    fs.mkdir("grown")
+    url = "s3://grown/corpus"
+
+    local = prepare([str(raw)], tmp_path / "local", CONFIG, workers=2)
+    remote = prepare([str(raw)], url, CONFIG, workers=2, storage_options=s3.storage_options)
+    assert _essence(remote) == _essence(local)
+    assert _essence(read_manifest(Location.of(url, s3.storage_options))) == _essence(local)
+    listed = {p.rsplit("/", 1)[-1] for p in fs.ls("grown/corpus", refresh=True)}
+    assert listed == {p.name for p in (tmp_path / "local").iterdir() if p.name != ".lock"}  # nothing else left
+    for file in remote.training_files:
+        data = fs.cat_file(f"grown/corpus/{file.path}")
+        assert hashlib.sha256(data).hexdigest() == file.sha256 and len(data) == file.bytes
+    assert remote.sources[str((raw / "zz_copy.wav").resolve())].reason == "duplicate"
+
+    # Training stages the bucket like any other (each shard checked as it arrives) and opens it.
+    staged = stage_shards(url, tmp_path / "cache", storage_options=s3.storage_options)
+    assert staged.shards == len(remote.shards) and len(ShardCorpus(staged.folder)) == remote.counts()["utterances"]
+    assert verify(tmp_path / "local") == []
+
+    write_tones(raw, [5.5], seed=3)
+    grown = prepare([str(raw)], url, CONFIG, workers=2, storage_options=s3.storage_options)
+    assert grown.last_run["files_decoded"] == 1 and grown.last_run["files_unchanged"] == 7
+    assert grown.generation == 2 and grown.counts()["utterances"] == remote.counts()["utterances"] + 1
+    assert not fs.exists("grown/corpus/_staging") and not fs.exists("grown/corpus/.lock")
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_a_live_lease_on_a_bucket_folder_stops_a_second_run_and_an_expired_one_is_taken_over(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    fs = s3fs.S3FileSystem(**s3.storage_options)  # type: ignore[arg-type]
+    fs.mkdir("leased")
+    folder = Location.of("s3://leased/corpus", s3.storage_options)
+    with exclusive_writer(folder):
+        holder = json.loads(folder.read_bytes(LOCK_NAME))
+        with pytest.raises(FolderBusy, match=r"^s3://leased/corpus: another w2v prepare \(host .*renewed \d+ s ago\)"):
+            with exclusive_writer(folder):
+                pass
+        assert json.loads(folder.read_bytes(LOCK_NAME))["token"] == holder["token"]  # the live lease stands
+    assert not folder.exists(LOCK_NAME)
+
+    dead = {"token": "dead", "host": "gone", "pid": 1, "renewed": time.time() - LEASE_SECONDS - 1}
+    folder.write_bytes(LOCK_NAME, json.dumps(dead).encode())  # a run that died holding it
+    with exclusive_writer(folder):
+        assert json.loads(folder.read_bytes(LOCK_NAME))["token"] != "dead"
+    assert not folder.exists(LOCK_NAME)

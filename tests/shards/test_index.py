@@ -23,6 +23,7 @@ from w2v.errors import ShardError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.pipeline import prepare
 from w2v.shards.index import INDEX_SCHEMA, UtteranceIndex, read_index_file, utterance_index, write_index
+from w2v.shards.location import Location
 from w2v.shards.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from w2v.shards.verify import verify
 
@@ -50,14 +51,18 @@ def test_a_corpus_opened_through_its_index_equals_one_read_from_its_shards(prepa
 
 
 def test_opening_an_indexed_folder_opens_no_shard(prepared: Prepared, monkeypatch: pytest.MonkeyPatch) -> None:
-    opened: list[Path] = []
-    real = w2v.shards.index.read_stream
+    opened: list[Path | str] = []
+    real, real_in_folder = w2v.data.corpus.read_stream, Location.read_stream
 
     def counted(path: Path) -> pa.Table:
         opened.append(path)
         return real(path)
 
-    monkeypatch.setattr(w2v.shards.index, "read_stream", counted)
+    def counted_in_folder(folder: Location, name: str) -> pa.Table:
+        opened.append(name)
+        return real_in_folder(folder, name)
+
+    monkeypatch.setattr(Location, "read_stream", counted_in_folder)  # how the index reads an unindexed shard
     monkeypatch.setattr(w2v.data.corpus, "read_stream", counted)
     corpus = ShardCorpus(prepared.out)
     assert opened == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from w2v.cli.root import CredentialsBlock, app, console, fail, parse_storage_options, prefect_api
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
+
+if TYPE_CHECKING:
+    from w2v.shards.location import Location
 
 
 @app.command()
@@ -48,17 +51,17 @@ def prepare(
 ) -> None:
     """Decode, resample, segment and length-bucket raw audio into shards (the prepare-corpus flow)."""
     options = parse_storage_options(storage_options)  # bad input fails before the heavy imports
-    folder = _output_folder(out)
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
     with prefect_api() as api:  # a temporary server starts beside the imports below
         from flows.prepare_corpus import prepare_corpus
         from w2v.prepare.filters import QualityThresholds
+        from w2v.shards.location import Location
 
         if not measure:
             thresholds = QualityThresholds(None, None, None, None)
         api.ready()  # before any progress output: an API that is not there is one line, not a traceback
         summary = _run_with_progress(
-            folder,
+            Location.of(out, options),
             lambda: prepare_corpus(
                 sources=sources,
                 out=str(out),
@@ -87,16 +90,7 @@ def prepare(
     )
 
 
-def _output_folder(out: str) -> Path:
-    from w2v.shards.location import prepare_output
-
-    try:
-        return prepare_output(out)
-    except W2VError as error:
-        fail(str(error))
-
-
-def _run_with_progress(out: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _run_with_progress(out: Location, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`run()` the flow with a progress bar of files decoded; a W2VError ends the command in one line."""
     stop = threading.Event()
     watcher = threading.Thread(target=_show_progress, args=(out, stop), daemon=True)
@@ -111,7 +105,7 @@ def _run_with_progress(out: Path, run: Callable[[], dict[str, Any]]) -> dict[str
     fail(failure)
 
 
-def _show_progress(out: Path, stop: threading.Event) -> None:
+def _show_progress(out: Location, stop: threading.Event) -> None:
     from w2v.prepare.progress import staged_progress
 
     with Progress(
@@ -119,8 +113,12 @@ def _show_progress(out: Path, stop: threading.Event) -> None:
     ) as bar:
         task = bar.add_task("files", total=None)
         planned: int | None = None
-        while not stop.wait(0.5):
-            done, total = staged_progress(out)
+        # A bucket is asked less often than a disk: each look lists the staging folder and reads its records.
+        while not stop.wait(0.5 if out.is_local else 5.0):
+            try:
+                done, total = staged_progress(out)
+            except Exception:
+                continue
             planned = total if total is not None else planned
             bar.update(task, completed=done, total=planned)
         # The run's commit removes the staging folder: what was planned is what was done.

@@ -34,8 +34,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from w2v.atomic import write_text_atomic
 from w2v.errors import ShardError
-from w2v.shards.manifest import IndexEntry, ShardEntry, read_manifest, write_text_atomic
+from w2v.shards.manifest import IndexEntry, ShardEntry, read_manifest
 from w2v.shards.verify import file_problem
 
 logger = logging.getLogger("w2v.data")

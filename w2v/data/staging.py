@@ -21,9 +21,11 @@ from typing import Any
 
 import fsspec
 
+from w2v.atomic import write_text_atomic
 from w2v.data.integrity import check_local_shards, check_shards, exclusive, remember_checked
 from w2v.errors import ShardError
-from w2v.shards.manifest import MANIFEST_NAME, IndexEntry, ShardEntry, manifest_from_json, write_text_atomic
+from w2v.shards.location import Location
+from w2v.shards.manifest import MANIFEST_NAME, IndexEntry, ShardEntry, manifest_from_json
 from w2v.shards.table import sha256_file
 from w2v.storage import is_url
 
@@ -88,7 +90,7 @@ def stage_shards(
             raise ShardError(
                 f"{location}: no {MANIFEST_NAME} there; point --shards at a folder w2v prepare wrote"
             ) from None
-        manifest = manifest_from_json(json.loads(text), location)
+        manifest = manifest_from_json(json.loads(text), location, Location.of(location, storage_options))
         if verify:  # shards fetched by an earlier staging: fetch again any damaged since
             on_disk = [entry for entry in manifest.training_files if _marked(local / entry.path, entry)]
             at_rest = check_shards(local, on_disk, records)

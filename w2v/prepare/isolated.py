@@ -47,7 +47,7 @@ def process_chunk_isolated(
     chunk: Chunk,
     config: PrepareConfig,
     layout: ShardLayout,
-    out: Path | str,
+    out: Path | str | Location,
     storage_options: dict[str, Any] | None = None,
 ) -> str:
     """`process_chunk` in a child process; survives a decoder crash by isolating the file that caused it."""

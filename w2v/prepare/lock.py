@@ -1,16 +1,32 @@
-"""One writer per shard folder: a second run into the same --out stops at once instead of interleaving."""
+"""One writer per shard folder: a second run into the same --out stops at once instead of interleaving.
+
+A local folder is locked with flock: the kernel drops the lock when its process dies, so a crash never
+leaves it held. A folder at a URL has no such lock, so a run holds a lease there: a `.lock` object created
+only if absent (a conditional put, decided by the store), renewed while the run lives, and taken over once
+it has not been renewed for LEASE_SECONDS (its run died). Two runs that find the same stale lease within a
+renewal of each other could both take it over; a live run's lease is never taken.
+"""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from w2v.errors import W2VError
+from w2v.shards.location import Location
 
 LOCK_NAME = ".lock"
+LEASE_SECONDS = 600.0
+RENEW_SECONDS = 60.0
 
 
 class FolderBusy(W2VError):
@@ -18,8 +34,19 @@ class FolderBusy(W2VError):
 
 
 @contextmanager
-def exclusive_writer(out: Path) -> Iterator[None]:
-    """Hold the folder's writer lock; the kernel drops it if the process dies, so a crash never leaves it held."""
+def exclusive_writer(out: Path | Location) -> Iterator[None]:
+    """Hold the folder's writer lock (a local folder's flock, or a lease in an object store)."""
+    place = Location.of(out)
+    if place.is_local:
+        with _flock(place.local):
+            yield
+    else:
+        with _lease(place):
+            yield
+
+
+@contextmanager
+def _flock(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -35,3 +62,49 @@ def exclusive_writer(out: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def _lease(place: Location) -> Iterator[None]:
+    token = uuid.uuid4().hex
+    if not place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
+        holder = _read_lease(place)
+        age = time.time() - float(holder.get("renewed", 0.0))
+        if age < LEASE_SECONDS:
+            raise FolderBusy(
+                f"{place.root}: another w2v prepare (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+                f"lease renewed {age:.0f} s ago) is writing this folder; wait for it or use another --out"
+            )
+        place.remove(LOCK_NAME)  # its run died: the lease ran out
+        if not place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
+            raise FolderBusy(f"{place.root}: another w2v prepare took over this folder's expired lease just now")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(place, token, stop), name="w2v-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        if _read_lease(place).get("token") == token:
+            place.remove(LOCK_NAME)
+
+
+def _renew(place: Location, token: str, stop: threading.Event) -> None:
+    while not stop.wait(RENEW_SECONDS):
+        if _read_lease(place).get("token") != token:
+            return  # taken over after a pause longer than the lease: never overwrite another run's
+        place.write_bytes(LOCK_NAME, _lease_bytes(token))
+
+
+def _lease_bytes(token: str) -> bytes:
+    holder = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "renewed": time.time()}
+    return json.dumps(holder).encode()
+
+
+def _read_lease(place: Location) -> dict[str, Any]:
+    try:
+        data = json.loads(place.read_bytes(LOCK_NAME))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -9,7 +9,6 @@ a reader sees has changed; files a crash leaves behind are unreferenced and remo
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ import pyarrow.compute as pc
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.progress import STAGING_NAME
 from w2v.prepare.shard_writer import ChunkRecord, ShardLayout, read_chunk_record, write_shard
-from w2v.shards.histograms import BINS, can_merge, merged_histograms, quality_histograms, table_histograms
+from w2v.shards.histograms import BINS, can_merge, merged_histograms, table_histograms
 from w2v.shards.index import index_file_name, shard_index, write_index
+from w2v.shards.location import Location
 from w2v.shards.manifest import (
     REJECTS_NAME,
     IndexEntry,
@@ -31,7 +31,6 @@ from w2v.shards.manifest import (
     summary_after,
     summary_of,
     write_manifest,
-    write_text_atomic,
 )
 from w2v.shards.sources import (
     SourceRecords,
@@ -41,13 +40,12 @@ from w2v.shards.sources import (
     with_rejects,
     write_sources,
 )
-from w2v.shards.table import read_stream
 
 FILE_GLOBS = ("*.arrow", "sources-*.parquet")
 
 
 def commit(
-    out: Path,
+    out: Path | Location,
     previous: Manifest,
     chunk_keys: list[str],
     config: PrepareConfig,
@@ -56,7 +54,8 @@ def commit(
     last_run: dict[str, Any],
     now: str,
 ) -> Manifest:
-    """Fold the finished chunks into the shard folder and return the manifest that was written."""
+    """Fold the finished chunks into the shard folder (local or at a URL) and return the manifest written."""
+    out = Location.of(out)
     records = [read_chunk_record(out, key) for key in chunk_keys]
     staged = {entry.uri: entry for record in records for entry in record.sources}
     # Only the records these sources had, and the kept ones with the same audio, are read: not the corpus.
@@ -98,7 +97,7 @@ def commit(
         created=previous.created or now,
         updated=now,
     )
-    write_text_atomic(out / REJECTS_NAME, rejects_jsonl(with_rejects(out, manifest)))
+    out.write_bytes(REJECTS_NAME, rejects_jsonl(with_rejects(out, manifest)).encode())
     write_manifest(out, manifest)
     remove_unreferenced(out, manifest)
     return manifest
@@ -136,7 +135,7 @@ def _chunk_index_rows(records: list[ChunkRecord], shards: set[str]) -> list[pa.T
 
 
 def updated_index(
-    out: Path,
+    out: Path | Location,
     previous: tuple[IndexEntry, ...],
     rows: list[pa.Table],
     shards: tuple[ShardEntry, ...],
@@ -152,13 +151,17 @@ def updated_index(
 
 
 def _histograms(
-    out: Path, previous: Manifest, records: list[ChunkRecord], removed: list[pa.Table], shards: tuple[ShardEntry, ...]
+    out: Location,
+    previous: Manifest,
+    records: list[ChunkRecord],
+    removed: list[pa.Table],
+    shards: tuple[ShardEntry, ...],
 ) -> dict[str, Any]:
     """The quality histograms after this commit: the previous counts, plus the rows the workers wrote (their
     records carry the counts), minus the rows removed (its cost follows the change); from every shard only
     when the previous ones are on other bins (made by an older version)."""
     if previous.shards and not can_merge(previous.quality_histograms):
-        return quality_histograms([out / s.path for s in shards])
+        return table_histograms(pa.concat_tables([out.read_stream(s.path).select(list(BINS)) for s in shards]))
     total = previous.quality_histograms if previous.shards else table_histograms(None)
     nothing = table_histograms(None)
     for record in records:
@@ -168,7 +171,7 @@ def _histograms(
 
 
 def _shards_without(
-    out: Path, shards: list[ShardEntry] | tuple[ShardEntry, ...], gone: set[str], layout: ShardLayout
+    out: Location, shards: list[ShardEntry] | tuple[ShardEntry, ...], gone: set[str], layout: ShardLayout
 ) -> tuple[list[ShardEntry], list[pa.Table], dict[str, ShardEntry]]:
     """`shards`, with those holding rows of the sources `gone` rewritten without them (or dropped when
     nothing is left). Returns the shards, the quality columns of the rows removed, and the rewritten
@@ -178,7 +181,7 @@ def _shards_without(
     value_set = pa.array(sorted(gone), pa.string())
     kept, removed, rewritten = [], [], {}
     for shard in shards:
-        table = read_stream(out / shard.path)
+        table = out.read_stream(shard.path)
         mask = pc.invert(pc.is_in(table.column("source"), value_set=value_set))
         if pc.all(mask).as_py():
             kept.append(shard)
@@ -188,20 +191,21 @@ def _shards_without(
         if remaining.num_rows:
             tag = hashlib.sha256(shard.path.encode()).hexdigest()[:12]
             name = f"b{shard.bucket:02d}-g{layout.generation:05d}-r{tag}.arrow"
-            entry = write_shard(out / name, remaining.combine_chunks(), shard.bucket, layout.sample_rate)
+            entry = write_shard(out, name, remaining.combine_chunks(), shard.bucket, layout.sample_rate)
             kept.append(entry)
             rewritten[name] = entry
     return kept, removed, rewritten
 
 
-def remove_unreferenced(out: Path, manifest: Manifest) -> None:
+def remove_unreferenced(out: Path | Location, manifest: Manifest) -> None:
     """Delete shards, index files and source tables no manifest names (superseded, or left by a crash),
     temporaries, and the staging area."""
+    out = Location.of(out)
     referenced = {f.path for f in manifest.files}
     for pattern in FILE_GLOBS:
-        for path in out.glob(pattern):
-            if path.name not in referenced:
-                path.unlink()
-    for tmp in out.glob(".*.tmp-*"):
-        tmp.unlink()
-    shutil.rmtree(out / STAGING_NAME, ignore_errors=True)
+        for name in out.names(pattern):
+            if name not in referenced:
+                out.remove(name)
+    for name in out.names(".*.tmp-*"):
+        out.remove(name)
+    out.child(STAGING_NAME).remove_all()

@@ -29,6 +29,7 @@ from w2v.prepare.pack import commit
 from w2v.prepare.process import Chunk, SourceTask, plan_chunks
 from w2v.prepare.progress import STAGING_NAME, write_plan_record
 from w2v.prepare.shard_writer import ShardLayout
+from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest, read_manifest_or_none
 from w2v.shards.sources import Fingerprint, fingerprints
 from w2v.storage import list_sources
@@ -36,9 +37,10 @@ from w2v.storage import list_sources
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run will do: every listed file, and the chunks of those that are new or changed."""
+    """What a run will do: every listed file, and the chunks of those that are new or changed. `out` carries
+    no credentials (a plan is a task's result): storage options are passed again to the steps that need them."""
 
-    out: Path
+    out: Location
     previous: Manifest
     layout: ShardLayout
     listed: int
@@ -46,8 +48,8 @@ class RunPlan:
     chunks: tuple[Chunk, ...]
 
     @property
-    def staging(self) -> Path:
-        return self.out / STAGING_NAME
+    def staging(self) -> Location:
+        return self.out.child(STAGING_NAME)
 
     @property
     def chunks_largest_first(self) -> list[Chunk]:
@@ -62,31 +64,33 @@ class RunPlan:
 
 def plan_run(
     sources: list[str],
-    out: Path,
+    out: Path | str | Location,
     config: PrepareConfig,
     metadata_path: Path | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """List the sources and keep those the shard folder does not already hold in this exact version."""
-    previous = read_manifest_or_none(out)
+    """List the sources and keep those the shard folder (local or at a URL) does not already hold in this
+    exact version. `storage_options` serve both the sources and the folder."""
+    folder = Location.of(out, storage_options)
+    previous = read_manifest_or_none(folder)
     if previous is None:
         previous = Manifest(sample_rate=config.sample_rate)
     else:
-        check_compatible(previous, config, out)
+        check_compatible(previous, config, folder.root)
     metadata = load_metadata(metadata_path) if metadata_path else {}
     tasks = [SourceTask(s, metadata.get(s.uri)) for s in list_sources(sources, storage_options)]
-    known = fingerprints(out, previous)
+    known = fingerprints(folder, previous)
     todo = [t for t in tasks if known.get(t.source.uri) != _fingerprint(t)]
     layout = shard_layout(previous, config)
     run_plan = RunPlan(
-        out=out,
+        out=Location.of(out),
         previous=previous,
         layout=layout,
         listed=len(tasks),
         unchanged=len(tasks) - len(todo),
         chunks=tuple(plan_chunks(todo, config, layout)),
     )
-    write_plan_record(run_plan.staging, run_plan.files_to_decode, len(run_plan.chunks))
+    write_plan_record(folder.child(STAGING_NAME), run_plan.files_to_decode, len(run_plan.chunks))
     return run_plan
 
 
@@ -104,7 +108,7 @@ def shard_layout(previous: Manifest, config: PrepareConfig) -> ShardLayout:
     )
 
 
-def check_compatible(previous: Manifest, config: PrepareConfig, out: Path) -> None:
+def check_compatible(previous: Manifest, config: PrepareConfig, out: Path | str) -> None:
     """Refuse to mix shards made with different decode settings into one folder."""
     before = PrepareConfig.from_dict(previous.config) if previous.config else None
     if before is not None and before.decode_fingerprint() != config.decode_fingerprint():
@@ -121,7 +125,9 @@ def _fingerprint(task: SourceTask) -> Fingerprint:
     return (fields["size"], fields["mtime"], fields["etag"], fields["metadata_sha256"])
 
 
-def commit_run(plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:
+def commit_run(
+    plan: RunPlan, config: PrepareConfig, started: str, storage_options: dict[str, Any] | None = None
+) -> Manifest:
     now = utc_now()
     last_run = {
         "started": started,
@@ -131,12 +137,13 @@ def commit_run(plan: RunPlan, config: PrepareConfig, started: str) -> Manifest:
         "files_decoded": plan.files_to_decode,
     }
     keys = [c.key for c in plan.chunks]
-    return commit(plan.out, plan.previous, keys, config, plan.layout, library_versions(), last_run, now)
+    folder = Location.of(plan.out, storage_options)
+    return commit(folder, plan.previous, keys, config, plan.layout, library_versions(), last_run, now)
 
 
 def prepare(
     sources: list[str],
-    out: Path,
+    out: Path | str | Location,
     config: PrepareConfig | None = None,
     workers: int | None = None,
     metadata_path: Path | None = None,
@@ -146,10 +153,10 @@ def prepare(
     """Run prepare-corpus in this process and `workers` worker processes; returns the committed manifest."""
     config = config or PrepareConfig()
     started = utc_now()
-    with exclusive_writer(out):
+    with exclusive_writer(Location.of(out, storage_options)):
         plan = plan_run(sources, out, config, metadata_path, storage_options)
         decode_chunks(plan, config, workers, storage_options, on_chunk_done)
-        return commit_run(plan, config, started)
+        return commit_run(plan, config, started, storage_options)
 
 
 def decode_chunks(

@@ -102,7 +102,7 @@ def process_chunk(
     chunk: Chunk,
     config: PrepareConfig,
     layout: ShardLayout,
-    out: Path | str,
+    out: Path | str | Location,
     storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Decode a chunk into its final shards in `out` (a folder or a URL); returns where its record is (at

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from w2v.shards.location import Location
-from w2v.shards.manifest import write_text_atomic
 
 PLAN_RECORD = "plan.json"
 STAGING_NAME = "_staging"
@@ -14,9 +13,10 @@ STAGING_NAME = "_staging"
 PROGRESS_SUFFIX = ".progress"
 
 
-def write_plan_record(staging: Path, files_to_decode: int, chunks: int) -> None:
-    staging.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(staging / PLAN_RECORD, json.dumps({"files_to_decode": files_to_decode, "chunks": chunks}))
+def write_plan_record(staging: Path | Location, files_to_decode: int, chunks: int) -> None:
+    place = Location.of(staging)
+    place.make()
+    place.write_bytes(PLAN_RECORD, json.dumps({"files_to_decode": files_to_decode, "chunks": chunks}).encode())
 
 
 def staged_progress(out: Path | Location) -> tuple[int, int | None]:

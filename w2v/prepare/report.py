@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v.shards.inspect import describe
+from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest
 from w2v.shards.plot import quality_plot_png
 
@@ -21,11 +22,13 @@ def run_summary(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def corpus_report_markdown(manifest: Manifest, out: str) -> str:
-    stats = describe(Path(out), manifest)
+def corpus_report_markdown(manifest: Manifest, out: str | Path | Location) -> str:
+    """The report of the folder `out` (a path, a URL, or a Location with its storage options)."""
+    folder = Location.of(out)
+    stats = describe(folder, manifest)
     run = manifest.last_run
     lines = [
-        f"# Corpus report: `{out}`",
+        f"# Corpus report: `{folder.root}`",
         "",
         f"**{stats.hours:.2f} h** in **{stats.utterances}** utterances from {stats.files_kept} of "
         f"{stats.files_seen} files; generation {manifest.generation}.",

@@ -25,18 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from w2v.atomic import WrittenFile
 from w2v.prepare.buckets import assign_buckets
 from w2v.prepare.progress import PROGRESS_SUFFIX, STAGING_NAME
 from w2v.shards.histograms import table_histograms
 from w2v.shards.index import INDEX_SCHEMA, table_index
 from w2v.shards.location import Location
-from w2v.shards.manifest import (
-    ShardEntry,
-    SourceEntry,
-    source_entry_from_json,
-    source_entry_to_json,
-)
-from w2v.shards.table import Utterance, WrittenFile, stream_buffer, utterance_table, write_stream_atomic
+from w2v.shards.manifest import ShardEntry, SourceEntry, source_entry_from_json, source_entry_to_json
+from w2v.shards.table import Utterance, stream_buffer, utterance_table
 
 # How often a chunk writer tells how many of its files are done (for progress bars; chunks are large).
 PROGRESS_SECONDS = 1.0
@@ -185,11 +181,11 @@ class ChunkWriter:
         )
 
 
-def write_shard(path: Path, table: pa.Table, bucket: int, sample_rate: int) -> ShardEntry:
-    """Write `table` as the shard `path` (renamed into place whole) and return its manifest entry."""
-    written = write_stream_atomic(table, path)
+def write_shard(folder: Location, name: str, table: pa.Table, bucket: int, sample_rate: int) -> ShardEntry:
+    """Write `table` as the shard `name` (whole or not at all) and return its manifest entry."""
+    written = folder.write_hashed(name, stream_buffer(table))
     seconds = float(pc.sum(table.column("num_samples")).as_py() or 0) / sample_rate
-    return ShardEntry(path.name, bucket, table.num_rows, seconds, written.bytes, written.sha256)
+    return ShardEntry(name, bucket, table.num_rows, seconds, written.bytes, written.sha256)
 
 
 def write_index_rows(staging: Location, name: str, tables: list[pa.Table]) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from w2v.atomic import write_text_atomic
 from w2v.errors import ManifestError
 from w2v.prepare.filters import Failure, QualityThresholds, every_piece_failed, first_failure
 from w2v.prepare.lock import exclusive_writer
@@ -29,7 +30,6 @@ from w2v.shards.manifest import (
     read_manifest,
     rejects_jsonl,
     write_manifest,
-    write_text_atomic,
 )
 from w2v.shards.schema import QUALITY_COLUMNS
 from w2v.shards.sources import sources_file_name, write_sources

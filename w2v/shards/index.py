@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from w2v.errors import ShardError
-from w2v.shards.manifest import IndexEntry, write_bytes_atomic
+from w2v.shards.location import Location
+from w2v.shards.manifest import IndexEntry
 from w2v.shards.schema import ROWS_PER_BATCH
-from w2v.shards.table import read_stream
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -69,14 +69,14 @@ def split_position(source: str) -> float:
     return int.from_bytes(hashlib.sha256(split_key(source).encode()).digest()[:8], "big") / 2.0**64
 
 
-def shard_index(folder: Path, shard: str) -> pa.Table:
+def shard_index(folder: Path | Location, shard: str) -> pa.Table:
     """The index rows of one shard file, read from its small columns (one hash per distinct source).
     Raises ShardError when the file cannot be read as a shard."""
-    path = Path(folder) / shard
+    place = Location.of(folder)
     try:
-        table = read_stream(path)
+        table = place.read_stream(shard)
     except (OSError, pa.ArrowInvalid) as error:
-        raise ShardError(f"{path}: cannot be read as a shard ({error}); run w2v shards verify") from error
+        raise ShardError(f"{place.url(shard)}: cannot be read as a shard ({error}); run w2v shards verify") from error
     return table_index(table, shard)
 
 
@@ -104,22 +104,29 @@ def table_index(table: pa.Table, shard: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=INDEX_SCHEMA)
 
 
-def write_index(folder: Path, name: str, tables: Sequence[pa.Table]) -> IndexEntry:
+def write_index(folder: Path | Location, name: str, tables: Sequence[pa.Table]) -> IndexEntry:
     """Write the index rows `tables` (from shard_index) as one index file `name` in `folder`, atomically."""
     table = pa.concat_tables(tables).unify_dictionaries().combine_chunks() if tables else INDEX_SCHEMA.empty_table()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
         writer.write_table(table)
     data = sink.getvalue().to_pybytes()
-    write_bytes_atomic(Path(folder) / name, data)
+    Location.of(folder).write_bytes(name, data)
     shards = tuple(dict.fromkeys(table.column("shard").combine_chunks().dictionary.to_pylist())) if tables else ()
     return IndexEntry(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest(), shards)
 
 
 def read_index_file(path: Path) -> pa.Table:
-    """An index file, memory-mapped. Raises ShardError when it cannot be read as one."""
+    """A local index file, memory-mapped. Raises ShardError when it cannot be read as one."""
+    return read_index(path.parent, path.name)
+
+
+def read_index(folder: Path | Location, name: str) -> pa.Table:
+    """The index file `name` of a folder (mapped from a local disk). Raises ShardError when it is not one."""
+    place = Location.of(folder)
+    path = place.url(name)
     try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        table = place.read_ipc_file(name)
     except (OSError, pa.ArrowInvalid) as error:
         raise ShardError(f"{path}: cannot be read as an index file ({error}); run w2v shards verify") from error
     if not table.schema.equals(INDEX_SCHEMA):
@@ -127,12 +134,12 @@ def read_index_file(path: Path) -> pa.Table:
     return table
 
 
-def utterance_index(folder: Path, shards: Sequence[str], index: Sequence[IndexEntry]) -> UtteranceIndex:
+def utterance_index(folder: Path | Location, shards: Sequence[str], index: Sequence[IndexEntry]) -> UtteranceIndex:
     """The index of every utterance of the shards `shards` (the manifest's, in its order): mapped from the
     `index` files where they cover a shard, read from the shard itself where none does."""
     numbers = {name: number for number, name in enumerate(shards)}
     covered = {name for entry in index for name in entry.shards if name in numbers}
-    tables = [read_index_file(Path(folder) / entry.path) for entry in index if numbers.keys() & set(entry.shards)]
+    tables = [read_index(folder, entry.path) for entry in index if numbers.keys() & set(entry.shards)]
     tables += [shard_index(folder, name) for name in shards if name not in covered]
     table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()  # each chunk keeps its dictionary
     # Each chunk's dictionary names few shards: map those names to manifest numbers, then index by the codes.

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from w2v.shards.index import utterance_index
+from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest
 
 
@@ -40,13 +41,13 @@ class CorpusStats:
     quality_histograms: dict[str, Any]
 
 
-def utterance_seconds(folder: Path, manifest: Manifest) -> np.ndarray:
+def utterance_seconds(folder: Path | Location, manifest: Manifest) -> np.ndarray:
     """Every utterance's duration, from the training index (mapped; shards no index covers are read)."""
     index = utterance_index(folder, [s.path for s in manifest.shards], manifest.index)
     return index.num_samples.astype(np.float64) / manifest.sample_rate
 
 
-def describe(folder: Path, manifest: Manifest, histogram_bins: int = 10) -> CorpusStats:
+def describe(folder: Path | Location, manifest: Manifest, histogram_bins: int = 10) -> CorpusStats:
     seconds = utterance_seconds(folder, manifest)
     edges_list = list(manifest.bucket_edges_seconds)
     low, high = (edges_list[0], edges_list[-1]) if edges_list else (0.0, 1.0)

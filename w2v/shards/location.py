@@ -12,16 +12,18 @@ import fnmatch
 import functools
 import hashlib
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from w2v.atomic import WrittenFile, fsync_dir, write_buffer_atomic, write_bytes_atomic
 from w2v.errors import W2VError
-from w2v.shards.manifest import fsync_dir, write_bytes_atomic
-from w2v.shards.table import WrittenFile, write_buffer_atomic
 from w2v.storage import is_url
 
 
@@ -35,8 +37,12 @@ class Location:
 
     @classmethod
     def of(cls, folder: str | Path | Location, storage_options: Mapping[str, Any] | None = None) -> Location:
-        if isinstance(folder, Location):
-            return folder
+        if isinstance(folder, Location):  # given options replace the folder's (credentials join inside a task)
+            return (
+                folder
+                if storage_options is None
+                else cls(folder.root, dict(storage_options) if not folder.is_local else {})
+            )
         root = str(folder).rstrip("/") if is_url(str(folder)) else str(Path(folder))
         return cls(root, dict(storage_options or {}) if is_url(root) else {})
 
@@ -104,6 +110,60 @@ class Location:
         names = (os.path.basename(info["name"].rstrip("/")) for info in listed if info.get("type") != "directory")
         return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
+    def exists(self, name: str) -> bool:
+        return (self.local / name).exists() if self.is_local else bool(self._fs.exists(self._path(name)))
+
+    def remove(self, name: str) -> None:
+        """Delete `name`; one already gone is no error (a crash may have taken it half-way)."""
+        try:
+            if self.is_local:
+                (self.local / name).unlink()
+            else:
+                self._fs.rm_file(self._path(name))
+        except FileNotFoundError:
+            pass
+
+    def remove_all(self) -> None:
+        """Delete this folder and everything in it (a staging area)."""
+        if self.is_local:
+            shutil.rmtree(self.local, ignore_errors=True)
+        elif self._fs.exists(self._path("")):
+            self._fs.rm(self._path(""), recursive=True)
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Create `name` holding `data` unless it exists; False when it does (a lock). In a store this is a
+        conditional put (S3's If-None-Match), which the store decides, not a check then a write."""
+        if self.is_local:
+            try:
+                with open(self.local / name, "xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                return False
+            return True
+        try:
+            self._fs.pipe_file(self._path(name), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def read_stream(self, name: str) -> pa.Table:
+        """An Arrow IPC stream file (a shard): mapped from a local disk, read whole from a store."""
+        if self.is_local:
+            return pa.ipc.open_stream(pa.memory_map(str(self.local / name), "r")).read_all()
+        return pa.ipc.open_stream(pa.py_buffer(self.read_bytes(name))).read_all()
+
+    def read_ipc_file(self, name: str) -> pa.Table:
+        """An Arrow IPC file (an index file): mapped from a local disk, read whole from a store."""
+        if self.is_local:
+            return pa.ipc.open_file(pa.memory_map(str(self.local / name), "r")).read_all()
+        return pa.ipc.open_file(pa.py_buffer(self.read_bytes(name))).read_all()
+
+    def read_parquet(self, name: str, **options: Any) -> pa.Table:
+        """A Parquet file (a source table); in a store, only the row groups and columns asked for are read."""
+        if self.is_local:
+            return pq.read_table(str(self.local / name), memory_map=True, **options)
+        return pq.read_table(self._path(name), filesystem=self._fs, **options)
+
     def sync(self) -> None:
         """Make the names of the files written here durable (a local folder's fsync; nothing in a store)."""
         if self.is_local:
@@ -120,16 +180,3 @@ class Location:
     def _path(self, name: str) -> str:
         root = self._store[1].rstrip("/")
         return f"{root}/{name}" if name else root
-
-
-PREPARE_OUT_IS_LOCAL = (
-    "prepare's --out must be a local or shared folder for now (its workers can write to a URL, its commit "
-    "cannot yet); prepare there and copy the folder to the bucket: training reads shards from a URL"
-)
-
-
-def prepare_output(out: str | Path) -> Path:
-    """The folder prepare writes: a URL is refused in one line instead of becoming a local folder "s3:"."""
-    if is_url(str(out)):
-        raise W2VError(f"{out}: {PREPARE_OUT_IS_LOCAL}")
-    return Path(out)

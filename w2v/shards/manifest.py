@@ -7,7 +7,6 @@ The fields are documented in shards/README.md.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v.errors import ManifestError
+from w2v.shards.location import Location
 from w2v.shards.schema import DTYPE, FORMAT, READABLE_VERSIONS, VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -220,7 +220,7 @@ def source_entry_from_json(data: dict[str, Any]) -> SourceEntry:
     return SourceEntry(**{**data, "utterances": tuple(data["utterances"]), "filtered": tuple(data["filtered"])})
 
 
-def manifest_from_json(data: dict[str, Any], where: str, folder: Path | None = None) -> Manifest:
+def manifest_from_json(data: dict[str, Any], where: str, folder: Path | Location | None = None) -> Manifest:
     """The manifest `data` (read from `where`); its source table, if any, is read from `folder` on use."""
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: not a {FORMAT} manifest (a JSON {type(data).__name__}, not an object)")
@@ -261,50 +261,26 @@ def manifest_from_json(data: dict[str, Any], where: str, folder: Path | None = N
         raise ManifestError(f"{where}: malformed manifest ({type(error).__name__}: {error})") from error
 
 
-def read_manifest(folder: Path) -> Manifest:
-    path = folder / MANIFEST_NAME
+def read_manifest(folder: Path | Location) -> Manifest:
+    """The manifest of a folder, local or at a URL."""
+    place = Location.of(folder)
+    path = place.url(MANIFEST_NAME)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(place.read_bytes(MANIFEST_NAME))
     except FileNotFoundError as error:
         raise ManifestError(f"{path}: no manifest; is this a folder made by `w2v prepare`?") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid JSON ({error})") from error
-    return manifest_from_json(data, str(path), folder)
+    return manifest_from_json(data, path, place)
 
 
-def read_manifest_or_none(folder: Path) -> Manifest | None:
-    return read_manifest(folder) if (folder / MANIFEST_NAME).exists() else None
+def read_manifest_or_none(folder: Path | Location) -> Manifest | None:
+    return read_manifest(folder) if Location.of(folder).exists(MANIFEST_NAME) else None
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder."""
-    write_bytes_atomic(path, text.encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes, sync: bool = True) -> None:
-    """Write a file whole or not at all: temporary name, fsync, rename, fsync the folder (without `sync`,
-    whole or absent after a crash of the process, not of the machine)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if sync:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=1) + "\n")
+def write_manifest(folder: Path | Location, manifest: Manifest) -> None:
+    """Switch the folder to `manifest`: locally a rename, in a store one put (both atomic for readers)."""
+    Location.of(folder).write_bytes(MANIFEST_NAME, (json.dumps(manifest.to_json(), indent=1) + "\n").encode())
 
 
 def summary_after(

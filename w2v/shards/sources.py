@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from w2v.errors import ManifestError
-from w2v.shards.manifest import FileEntry, Manifest, SourceEntry, source_entry_to_json, write_bytes_atomic
+from w2v.shards.location import Location
+from w2v.shards.manifest import FileEntry, Manifest, SourceEntry, source_entry_to_json
 
 SOURCES_SCHEMA = pa.schema(
     [
@@ -56,7 +57,7 @@ def sources_file_name(generation: int) -> str:
     return f"sources-g{generation:05d}.parquet"
 
 
-def write_sources(folder: Path, name: str, entries: Sequence[SourceEntry]) -> FileEntry:
+def write_sources(folder: Path | Location, name: str, entries: Sequence[SourceEntry]) -> FileEntry:
     """Write `entries` as the source table file `name` in `folder`, atomically."""
     columns: dict[str, list[Any]] = {field.name: [] for field in SOURCES_SCHEMA}
     for entry in sorted(entries, key=lambda e: e.uri):
@@ -65,17 +66,17 @@ def write_sources(folder: Path, name: str, entries: Sequence[SourceEntry]) -> Fi
     return write_source_table(folder, name, pa.Table.from_pydict(columns, schema=SOURCES_SCHEMA))
 
 
-def write_source_table(folder: Path, name: str, table: pa.Table) -> FileEntry:
+def write_source_table(folder: Path | Location, name: str, table: pa.Table) -> FileEntry:
     """Write `table` (in SOURCES_SCHEMA, sorted by URI) as the source table file `name`, atomically."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     data = sink.getvalue().to_pybytes()
-    write_bytes_atomic(Path(folder) / name, data)
+    Location.of(folder).write_bytes(name, data)
     return FileEntry(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest())
 
 
 def read_sources(
-    folder: Path,
+    folder: Path | Location,
     files: Sequence[FileEntry],
     columns: Sequence[str] | None = None,
     uris: Iterable[str] | None = None,
@@ -85,13 +86,13 @@ def read_sources(
     URI, so Parquet skips the row groups that cannot hold them)."""
     wanted = None if columns is None else list(dict.fromkeys(["uri", *columns]))
     where = None if uris is None else pc.field("uri").isin(sorted(set(uris)))
+    place = Location.of(folder)
     tables = []
     for entry in files:
-        path = Path(folder) / entry.path
         try:
-            tables.append(pq.read_table(path, columns=wanted, filters=where, memory_map=True))
+            tables.append(place.read_parquet(entry.path, columns=wanted, filters=where))
         except (OSError, pa.ArrowInvalid) as error:
-            raise ManifestError(f"{path}: cannot be read as a source table ({error}); run w2v shards verify") from error
+            raise _unreadable(place, entry.path, error) from error
     if not tables:
         schema = SOURCES_SCHEMA if wanted is None else pa.schema([SOURCES_SCHEMA.field(n) for n in wanted])
         return schema.empty_table()
@@ -115,7 +116,7 @@ def entries_of(table: pa.Table) -> dict[str, SourceEntry]:
     return entries
 
 
-def records_of(folder: Path, manifest: Manifest, uris: Iterable[str]) -> dict[str, SourceEntry]:
+def records_of(folder: Path | Location, manifest: Manifest, uris: Iterable[str]) -> dict[str, SourceEntry]:
     """The records of those of `uris` the folder knows (reading only what can hold them)."""
     wanted = set(uris)
     if not manifest.source_tables:
@@ -123,7 +124,7 @@ def records_of(folder: Path, manifest: Manifest, uris: Iterable[str]) -> dict[st
     return entries_of(read_sources(folder, manifest.source_tables, uris=wanted)) if wanted else {}
 
 
-def kept_with_audio(folder: Path, manifest: Manifest, digests: Iterable[str]) -> list[SourceEntry]:
+def kept_with_audio(folder: Path | Location, manifest: Manifest, digests: Iterable[str]) -> list[SourceEntry]:
     """The kept sources whose decoded audio has one of the sha256 `digests` (for deduplication)."""
     wanted = set(digests)
     if not wanted:
@@ -132,31 +133,37 @@ def kept_with_audio(folder: Path, manifest: Manifest, digests: Iterable[str]) ->
     return [s for s in found if s.status == "kept" and s.audio_sha256 in wanted]
 
 
-def with_rejects(folder: Path, manifest: Manifest) -> list[SourceEntry]:
+def with_rejects(folder: Path | Location, manifest: Manifest) -> list[SourceEntry]:
     """The sources rejected whole, or with pieces a quality filter removed (what rejects.jsonl lists)."""
     expression = (pc.field("status") == "rejected") | (pc.field("filtered") != "[]")
     return [s for s in _latest_where(folder, manifest, expression) if s.status == "rejected" or s.filtered]
 
 
-def _latest_where(folder: Path, manifest: Manifest, expression: pc.Expression) -> list[SourceEntry]:
+def _latest_where(folder: Path | Location, manifest: Manifest, expression: pc.Expression) -> list[SourceEntry]:
     """The latest records of the URIs with a row matching `expression` in any source table file (the caller
     checks the latest record still matches: a later generation may have replaced the row that did)."""
     if not manifest.source_tables:
         return list(manifest.sources.values())
+    place = Location.of(folder)
     candidates = set()
     for entry in manifest.source_tables:
-        path = Path(folder) / entry.path
         try:
-            candidates.update(pq.read_table(path, columns=["uri"], filters=expression).column("uri").to_pylist())
+            candidates.update(
+                place.read_parquet(entry.path, columns=["uri"], filters=expression).column("uri").to_pylist()
+            )
         except (OSError, pa.ArrowInvalid) as error:
-            raise ManifestError(f"{path}: cannot be read as a source table ({error}); run w2v shards verify") from error
-    return list(records_of(folder, manifest, candidates).values())
+            raise _unreadable(place, entry.path, error) from error
+    return list(records_of(place, manifest, candidates).values())
+
+
+def _unreadable(folder: Location, name: str, error: Exception) -> ManifestError:
+    return ManifestError(f"{folder.url(name)}: cannot be read as a source table ({error}); run w2v shards verify")
 
 
 Fingerprint = tuple[int, float | None, str | None, str | None]  # size, mtime, etag, metadata_sha256
 
 
-def fingerprints(folder: Path, manifest: Manifest) -> dict[str, Fingerprint]:
+def fingerprints(folder: Path | Location, manifest: Manifest) -> dict[str, Fingerprint]:
     """URI → fingerprint of every source the folder knows, read from the fingerprint columns only."""
     if not manifest.source_tables:  # version 2 (records inline), or a folder not written yet
         return {uri: (s.size, s.mtime, s.etag, s.metadata_sha256) for uri, s in manifest.sources.items()}
@@ -169,8 +176,8 @@ class SourceRecords(Mapping[str, SourceEntry]):
     """A folder's source table as a mapping URI → SourceEntry, read from disk on first use (opening a folder
     to train never reads it)."""
 
-    def __init__(self, folder: Path, files: Sequence[FileEntry]) -> None:
-        self._folder = Path(folder)
+    def __init__(self, folder: Path | Location, files: Sequence[FileEntry]) -> None:
+        self._folder = Location.of(folder)
         self._files = tuple(files)
         self._loaded: dict[str, SourceEntry] | None = None
 

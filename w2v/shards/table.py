@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from w2v.atomic import WrittenFile, write_buffer_atomic
 from w2v.quality import Quality
 from w2v.shards.schema import METADATA_COLUMNS, QUALITY_COLUMNS, ROWS_PER_BATCH, SCHEMA
 
@@ -54,12 +53,6 @@ def utterance_table(rows: Sequence[Utterance]) -> pa.Table:
     return pa.Table.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 
 
-@dataclass(frozen=True)
-class WrittenFile:
-    bytes: int
-    sha256: str
-
-
 def write_stream_atomic(table: pa.Table, path: Path) -> WrittenFile:
     """Write `table` as an Arrow IPC stream file at `path`, whole or not at all (see `write_buffer_atomic`)."""
     return write_buffer_atomic(stream_buffer(table), path)
@@ -71,23 +64,6 @@ def stream_buffer(table: pa.Table) -> pa.Buffer:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=ROWS_PER_BATCH)
     return sink.getvalue()
-
-
-def write_buffer_atomic(data: pa.Buffer | bytes, path: Path) -> WrittenFile:
-    """Hash `data` and write it under a temporary name, fsync it and rename it to `path` (its folder is not
-    fsynced: a caller that records the file fsyncs the folder once, before the record).
-
-    Hashing, writing and fsync release the GIL, so a thread can run this while the caller decodes on.
-    """
-    view = memoryview(data)
-    digest = hashlib.sha256(view).hexdigest()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(view)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return WrittenFile(bytes=view.nbytes, sha256=digest)
 
 
 def sha256_file(path: Path, block_bytes: int = 8 << 20) -> str:

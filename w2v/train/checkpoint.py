@@ -24,8 +24,8 @@ from typing import Any
 from accelerate import Accelerator
 from transformers import Wav2Vec2FeatureExtractor
 
+from w2v.atomic import fsync_dir, write_text_atomic
 from w2v.errors import W2VError
-from w2v.shards.manifest import fsync_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from w2v.shards.manifest import write_text_atomic
+from w2v.atomic import write_text_atomic
 
 MARKER = "oom.json"
 # Fault injection for trying the guard on any machine: micro-batches with more audio samples than this
