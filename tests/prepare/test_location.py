@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,6 +151,27 @@ def test_prepare_into_a_bucket_commits_there_as_it_would_locally_and_grows_by_wh
     assert grown.generation == 2 and grown.counts()["utterances"] == remote.counts()["utterances"] + 1
     assert not fs.exists("grown/corpus/_staging") and not fs.exists("grown/corpus/.lock")
 
+    # The bucket folder is checked where it is, from the command line too (credentials from the environment).
+    folder = Location.of(url, s3.storage_options)
+    assert verify(folder) == []
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    options = json.dumps({"endpoint_url": s3.endpoint_url})
+    for command in (["verify", url], ["inspect", url, "--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "w2v", "shards", *command, "--storage-options", options],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["utterances"] == grown.counts()["utterances"]
+    first_shard, second_shard = (s.path for s in grown.shards[:2])
+    damaged = bytearray(fs.cat_file(f"grown/corpus/{first_shard}"))
+    damaged[-1] ^= 0xFF
+    fs.pipe_file(f"grown/corpus/{first_shard}", bytes(damaged))
+    fs.rm_file(f"grown/corpus/{second_shard}")
+    problems = verify(folder)
+    assert f"{url}/{first_shard}: sha256 " in problems[0] and "(corrupted or replaced)" in problems[0]
+    assert problems[1] == f"{url}/{second_shard}: missing"
+
 
 @pytest.mark.slow
 @pytest.mark.network
@@ -159,9 +183,9 @@ def test_a_live_lease_on_a_bucket_folder_stops_a_second_run_and_an_expired_one_i
     folder = Location.of("s3://leased/corpus", s3.storage_options)
     with exclusive_writer(folder):
         holder = json.loads(folder.read_bytes(LOCK_NAME))
-        with pytest.raises(FolderBusy, match=r"^s3://leased/corpus: another w2v prepare \(host .*renewed \d+ s ago\)"):
-            with exclusive_writer(folder):
-                pass
+        busy = r"^s3://leased/corpus: another w2v prepare \(host .*renewed \d+ s ago\)"
+        with pytest.raises(FolderBusy, match=busy), exclusive_writer(folder):
+            pass
         assert json.loads(folder.read_bytes(LOCK_NAME))["token"] == holder["token"]  # the live lease stands
     assert not folder.exists(LOCK_NAME)
 

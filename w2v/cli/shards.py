@@ -11,20 +11,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from w2v.cli.root import app, console, fail
+from w2v.cli.root import app, console, fail, parse_storage_options
 from w2v.cli.thresholds import parse_thresholds
 from w2v.errors import W2VError
 
+StorageOptionsOption = Annotated[
+    str | None, typer.Option(help='fsspec options as JSON for a URL, e.g. \'{"endpoint_url": "http://…"}\'.')
+]
 shards_app = typer.Typer(help="Check and describe shard folders.", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
 
 
 @shards_app.command("verify")
-def shards_verify(folder: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")]) -> None:
+def shards_verify(
+    folder: Annotated[str, typer.Argument(help="A folder made by `w2v prepare`, or its URL (s3://…).")],
+    storage_options: StorageOptionsOption = None,
+) -> None:
     """Check every shard against the manifest (size, sha256, schema, rows); exit 1 on any mismatch."""
+    from w2v.shards.location import Location
     from w2v.shards.verify import verify
 
-    problems = verify(folder)
+    problems = verify(Location.of(folder, parse_storage_options(storage_options)))
     for problem in problems:
         console.print(f"[red]✗[/] {problem}", highlight=False, soft_wrap=True)  # a line per problem
     if problems:
@@ -80,18 +87,21 @@ def shards_upgrade(folder: Annotated[Path, typer.Argument(help="A folder made by
 
 @shards_app.command("inspect")
 def shards_inspect(
-    folder: Annotated[Path, typer.Argument(help="A folder made by `w2v prepare`.")],
+    folder: Annotated[str, typer.Argument(help="A folder made by `w2v prepare`, or its URL (s3://…).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write the quality histograms as a PNG here.")] = None,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Hours, utterances, duration histogram, bucket table and rejects by reason."""
     from dataclasses import asdict
 
     from w2v.shards.inspect import describe
+    from w2v.shards.location import Location
     from w2v.shards.manifest import read_manifest
 
+    place = Location.of(folder, parse_storage_options(storage_options))
     try:
-        stats = describe(folder, read_manifest(folder))
+        stats = describe(place, read_manifest(place))
     except W2VError as error:
         fail(str(error))
     if as_json:

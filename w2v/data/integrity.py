@@ -122,7 +122,7 @@ def remember_checked(folder: Path, entries: Iterable[ShardEntry | IndexEntry], r
 
 def _problem(folder: Path, entry: ShardEntry | IndexEntry) -> str | None:
     try:
-        return file_problem(folder / entry.path, entry.bytes, entry.sha256)
+        return file_problem(folder, entry.path, entry.bytes, entry.sha256)
     except OSError as error:  # unreadable (permissions, I/O error): a problem to name, not a traceback
         return f"{folder / entry.path}: cannot be read ({error.strerror or error})"
 
