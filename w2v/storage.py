@@ -62,6 +62,16 @@ def credential_keys(options: Mapping[str, Any], prefix: str = "") -> list[str]:
     return found
 
 
+def without_credentials(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` less every entry that holds credentials, nested mappings included."""
+    kept: dict[str, Any] = {}
+    for name, value in options.items():
+        if _CREDENTIAL_NAME.search(str(name)):
+            continue
+        kept[name] = without_credentials(value) if isinstance(value, Mapping) else value
+    return kept
+
+
 def refuse_credentials(options: Mapping[str, Any] | None, where: str) -> None:
     """Raises CredentialsInOptions when `options` hold credentials; `where` names the option or parameter.
 

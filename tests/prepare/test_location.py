@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from tests.servers import S3Server, moto_s3_server
 from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.data.staging import stage_shards
+from w2v.prepare import lock
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
@@ -46,6 +48,20 @@ def test_a_local_location_writes_whole_files_and_names_them_as_paths(tmp_path: P
     with pytest.raises(FileNotFoundError):
         folder.size("missing.arrow")
     assert Location.of(tmp_path / "nowhere").names() == []
+
+
+def test_a_location_pickles_and_prints_without_its_credentials() -> None:
+    options = {
+        "endpoint_url": "http://127.0.0.1:1",
+        "key": "AKIA-TEST",
+        "client_kwargs": {"aws_secret_access_key": "S"},
+    }
+    folder = Location.of("s3://bucket/corpus", options)
+    assert "AKIA" not in repr(folder)
+    packed = pickle.dumps(folder)
+    assert b"AKIA-TEST" not in packed and b"aws_secret_access_key" not in packed
+    back = pickle.loads(packed)
+    assert back == folder and back.storage_options == {"endpoint_url": "http://127.0.0.1:1", "client_kwargs": {}}
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +102,17 @@ def test_a_worker_given_only_urls_writes_the_same_shards_into_a_bucket(s3: S3Ser
     assert record == f"{url}/{STAGING_NAME}/{chunk.key}.json" and local == str(
         tmp_path / "local" / STAGING_NAME / Path(record).name
     )
-    # Nothing was written locally for the URL's chunk: the local folder holds only its own.
+    assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()  # no local stand-in for the URL
+    # The local folder holds only its own chunk's files.
     assert sorted(p.name for p in (tmp_path / "local").glob("*.arrow")) == sorted(
         p.rsplit("/", 1)[-1] for p in fs.glob("chunks/night/*.arrow")
     )
 
     remote = Location.of(url, s3.storage_options)
     assert chunk_is_complete(remote, chunk.key)
+    listed = remote.names()  # then another process writes a file: this one must see it at once
+    s3fs.S3FileSystem(**s3.storage_options, skip_instance_cache=True).pipe_file("chunks/night/late.json", b"{}")  # type: ignore[arg-type]
+    assert remote.size("late.json") == 2 and "late.json" in remote.names() and "late.json" not in listed
     in_bucket, on_disk = read_chunk_record(remote, chunk.key), read_chunk_record(tmp_path / "local", chunk.key)
     assert in_bucket.sources == on_disk.sources and in_bucket.shards == on_disk.shards
     assert in_bucket.index_rows().equals(on_disk.index_rows())
@@ -145,6 +165,9 @@ def test_prepare_into_a_bucket_commits_there_as_it_would_locally_and_grows_by_wh
     assert staged.shards == len(remote.shards) and len(ShardCorpus(staged.folder)) == remote.counts()["utterances"]
     assert verify(tmp_path / "local") == []
 
+    # What a flow passes between tasks (the plan, the manifest) pickles without the secret key.
+    plan = plan_run([str(raw)], url, CONFIG, storage_options=s3.storage_options)
+    assert b"testing" not in pickle.dumps(plan) and b"testing" not in pickle.dumps(remote)
     write_tones(raw, [5.5], seed=3)
     grown = prepare([str(raw)], url, CONFIG, workers=2, storage_options=s3.storage_options)
     assert grown.last_run["files_decoded"] == 1 and grown.last_run["files_unchanged"] == 7
@@ -194,3 +217,26 @@ def test_a_live_lease_on_a_bucket_folder_stops_a_second_run_and_an_expired_one_i
     with exclusive_writer(folder):
         assert json.loads(folder.read_bytes(LOCK_NAME))["token"] != "dead"
     assert not folder.exists(LOCK_NAME)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_a_held_lease_is_renewed_and_a_run_whose_lease_was_taken_says_so(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lock, "RENEW_SECONDS", 0.2)
+    s3fs.S3FileSystem(**s3.storage_options).mkdir("renewed")  # type: ignore[arg-type]
+    folder = Location.of("s3://renewed/corpus", s3.storage_options)
+    with exclusive_writer(folder):
+        first = json.loads(folder.read_bytes(LOCK_NAME))
+        deadline = time.monotonic() + 30
+        while json.loads(folder.read_bytes(LOCK_NAME))["renewed"] == first["renewed"]:
+            assert time.monotonic() < deadline, "the lease was never renewed"
+            time.sleep(0.1)
+    assert not folder.exists(LOCK_NAME)
+
+    with pytest.raises(FolderBusy, match="lease was taken over by another run"), exclusive_writer(folder):
+        other = {"token": "other", "host": "elsewhere", "pid": 2, "renewed": time.time()}
+        folder.write_bytes(LOCK_NAME, json.dumps(other).encode())  # as if this run had paused past its lease
+        time.sleep(1.0)
+    assert json.loads(folder.read_bytes(LOCK_NAME))["token"] == "other"  # the other run's lease is left alone

@@ -65,13 +65,16 @@ def process_chunk_isolated(
             raise W2VError(f"{canary}; no file was decoded (first failure: {crash})") from crash
     # Shards the crashed child wrote are overwritten by the same names, or left unreferenced for the commit.
     writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
-    for task in chunk.tasks:
-        try:
-            writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri))
-        except ChildCrashed as crash:
-            entry = SourceEntry(**task.entry_fields(), status="rejected", reason="decode_crash", error=str(crash))
-            writer.add(entry, [])
-    return writer.finish()
+    try:
+        for task in chunk.tasks:
+            try:
+                writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri))
+            except ChildCrashed as crash:
+                entry = SourceEntry(**task.entry_fields(), status="rejected", reason="decode_crash", error=str(crash))
+                writer.add(entry, [])
+        return writer.finish()
+    finally:
+        writer.close()
 
 
 def _alive() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -25,8 +26,11 @@ from w2v.errors import W2VError
 from w2v.shards.location import Location
 
 LOCK_NAME = ".lock"
+logger = logging.getLogger("w2v.prepare")
 LEASE_SECONDS = 600.0
 RENEW_SECONDS = 60.0
+# Stores whose fsspec implementation creates an object only if absent in one request (S3 If-None-Match).
+ATOMIC_CREATE = {"s3", "s3a"}
 
 
 class FolderBusy(W2VError):
@@ -67,9 +71,17 @@ def _flock(out: Path) -> Iterator[None]:
 @contextmanager
 def _lease(place: Location) -> Iterator[None]:
     token = uuid.uuid4().hex
+    protocol = place.root.split("://", 1)[0]
+    if protocol not in ATOMIC_CREATE:
+        logger.warning(
+            "%s: %s:// may not create objects atomically; the writer lease is best-effort", place.root, protocol
+        )
     if not place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
-        holder = _read_lease(place)
-        age = time.time() - float(holder.get("renewed", 0.0))
+        try:
+            holder = _read_lease(place)
+        except OSError as error:
+            raise FolderBusy(f"{place.root}: cannot read its writer lease ({error}); try again") from error
+        age = time.time() - float(holder.get("renewed", 0.0)) if holder else LEASE_SECONDS  # released meanwhile
         if age < LEASE_SECONDS:
             raise FolderBusy(
                 f"{place.root}: another w2v prepare (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
@@ -78,23 +90,37 @@ def _lease(place: Location) -> Iterator[None]:
         place.remove(LOCK_NAME)  # its run died: the lease ran out
         if not place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
             raise FolderBusy(f"{place.root}: another w2v prepare took over this folder's expired lease just now")
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(place, token, stop), name="w2v-lease", daemon=True)
+    stop, lost = threading.Event(), threading.Event()
+    renewer = threading.Thread(target=_renew, args=(place, token, stop, lost), name="w2v-lease", daemon=True)
     renewer.start()
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         stop.set()
         renewer.join()
-        if _read_lease(place).get("token") == token:
+        if not lost.is_set():
             place.remove(LOCK_NAME)
+        elif not failed:
+            raise FolderBusy(
+                f"{place.root}: this run's lease was taken over by another run while it ran (a pause over "
+                f"{LEASE_SECONDS:.0f} s); check the folder with w2v shards verify before trusting it"
+            )
 
 
-def _renew(place: Location, token: str, stop: threading.Event) -> None:
+def _renew(place: Location, token: str, stop: threading.Event, lost: threading.Event) -> None:
     while not stop.wait(RENEW_SECONDS):
-        if _read_lease(place).get("token") != token:
-            return  # taken over after a pause longer than the lease: never overwrite another run's
-        place.write_bytes(LOCK_NAME, _lease_bytes(token))
+        try:
+            holder = _read_lease(place)
+            if holder and holder.get("token") != token:
+                lost.set()  # taken over after a pause longer than the lease: never overwrite another run's
+                return
+            place.write_bytes(LOCK_NAME, _lease_bytes(token))
+        except Exception as error:
+            logger.warning("%s: could not renew the writer lease (%s); trying again", place.root, error)
 
 
 def _lease_bytes(token: str) -> bytes:
@@ -103,8 +129,12 @@ def _lease_bytes(token: str) -> bytes:
 
 
 def _read_lease(place: Location) -> dict[str, Any]:
+    """The lease's holder; {} when there is none. An unreadable lease is an error, not a missing one: a
+    store's hiccup must never make a live lease look free."""
     try:
         data = json.loads(place.read_bytes(LOCK_NAME))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except ValueError:
+        return {"renewed": 0.0}  # not ours to read (torn, foreign): treated as expired
+    return data if isinstance(data, dict) else {"renewed": 0.0}

@@ -111,9 +111,12 @@ def process_chunk(
     if chunk_is_complete(folder, chunk.key):
         return record_url(folder, chunk.key)
     writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
-    for task in chunk.tasks:
-        writer.add(*process_source(task, config, storage_options))
-    return writer.finish()
+    try:
+        for task in chunk.tasks:
+            writer.add(*process_source(task, config, storage_options))
+        return writer.finish()
+    finally:
+        writer.close()
 
 
 def process_source(

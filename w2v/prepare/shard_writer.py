@@ -157,6 +157,10 @@ class ChunkWriter:
         self.staging.write_bytes(record_name(self.key), (json.dumps(record) + "\n").encode())
         return self.staging.url(record_name(self.key))
 
+    def close(self) -> None:
+        """Stop the write thread of a chunk given up half-way (its shards stay unreferenced)."""
+        self._io.shutdown(wait=True, cancel_futures=True)
+
     def _tell_progress(self) -> None:
         self.staging.make()
         self.staging.write_bytes(f"{self.key}{PROGRESS_SUFFIX}", str(len(self._sources)).encode(), sync=False)
@@ -170,11 +174,11 @@ class ChunkWriter:
         rows.sort(key=lambda u: (u.audio.shape[0], u.id))
         name = self.layout.shard_name(bucket, self.label, self._numbers[bucket])
         self._numbers[bucket] += 1
+        if self._written:
+            self._written[-1][4].result()  # one shard's bytes at a time wait for the disk
         table = utterance_table(rows)
         data = stream_buffer(table)
         seconds = float(pc.sum(table.column("num_samples")).as_py() or 0) / self.layout.sample_rate
-        if self._written:
-            self._written[-1][4].result()  # at most one shard's bytes wait for the disk
         written = self._io.submit(self.out.write_hashed, name, data)
         self._written.append(
             (name, bucket, table.num_rows, seconds, written, table_index(table, name), table_histograms(table))

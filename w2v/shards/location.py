@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from w2v.atomic import WrittenFile, fsync_dir, write_buffer_atomic, write_bytes_atomic
 from w2v.errors import W2VError
-from w2v.storage import is_url
+from w2v.storage import is_url, without_credentials
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,12 @@ class Location:
     environment, as for sources)."""
 
     root: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a Dask worker, into a task result) without credentials or the open filesystem: the
+        receiving side has its own credentials, from its environment or a Secret block."""
+        return {"root": self.root, "storage_options": without_credentials(self.storage_options)}
 
     @classmethod
     def of(cls, folder: str | Path | Location, storage_options: Mapping[str, Any] | None = None) -> Location:
@@ -171,7 +176,8 @@ class Location:
 
     @functools.cached_property
     def _store(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        return fsspec.core.url_to_fs(self.root, **self.storage_options)
+        # No listings cache: workers in other processes write the files this one checks for.
+        return fsspec.core.url_to_fs(self.root, **{"use_listings_cache": False, **self.storage_options})
 
     @property
     def _fs(self) -> fsspec.AbstractFileSystem:
