@@ -140,7 +140,7 @@ def _essence(manifest: Manifest) -> dict[str, object]:
 @pytest.mark.slow
 @pytest.mark.network
 def test_prepare_into_a_bucket_commits_there_as_it_would_locally_and_grows_by_what_is_new(
-    s3: S3Server, tmp_path: Path
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = tmp_path / "raw"
     first = write_tones(raw, [2.5, 3.0, 4.5, 6.0, 7.5, 2.2])
@@ -176,7 +176,19 @@ def test_prepare_into_a_bucket_commits_there_as_it_would_locally_and_grows_by_wh
 
     # The bucket folder is checked where it is, from the command line too (credentials from the environment).
     folder = Location.of(url, s3.storage_options)
+    downloads: list[str] = []
+    real_read = Location.read_bytes
+
+    def counted(place: Location, name: str) -> bytes:
+        downloads.append(name)
+        return real_read(place, name)
+
+    monkeypatch.setattr(Location, "read_bytes", counted)
     assert verify(folder) == []
+    assert sorted(n for n in downloads if n.endswith(".arrow") and n.startswith("b")) == sorted(
+        s.path for s in grown.shards
+    )  # each shard downloaded once: hashed and parsed from the same bytes, the index checked against them
+    monkeypatch.undo()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     options = json.dumps({"endpoint_url": s3.endpoint_url})
     for command in (["verify", url], ["inspect", url, "--json"]):

@@ -12,7 +12,7 @@ as before, one shard at a time, and give the same arrays.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,13 +134,22 @@ def read_index(folder: Path | Location, name: str) -> pa.Table:
     return table
 
 
-def utterance_index(folder: Path | Location, shards: Sequence[str], index: Sequence[IndexEntry]) -> UtteranceIndex:
+def utterance_index(
+    folder: Path | Location,
+    shards: Sequence[str],
+    index: Sequence[IndexEntry],
+    rows: Mapping[str, pa.Table] | None = None,
+) -> UtteranceIndex:
     """The index of every utterance of the shards `shards` (the manifest's, in its order): mapped from the
-    `index` files where they cover a shard, read from the shard itself where none does."""
+    `index` files where they cover a shard, read from the shard itself where none does (or taken from
+    `rows`, shard name -> its index rows, for shards a caller has already read)."""
     numbers = {name: number for number, name in enumerate(shards)}
     covered = {name for entry in index for name in entry.shards if name in numbers}
+    at_hand = rows or {}
     tables = [read_index(folder, entry.path) for entry in index if numbers.keys() & set(entry.shards)]
-    tables += [shard_index(folder, name) for name in shards if name not in covered]
+    tables += [
+        at_hand[name] if name in at_hand else shard_index(folder, name) for name in shards if name not in covered
+    ]
     table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()  # each chunk keeps its dictionary
     # Each chunk's dictionary names few shards: map those names to manifest numbers, then index by the codes.
     shard_numbers = []

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from w2v.errors import ManifestError, ShardError
-from w2v.shards.index import UtteranceIndex, read_index, utterance_index
+from w2v.shards.index import UtteranceIndex, read_index, table_index, utterance_index
 from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest, read_manifest
 from w2v.shards.schema import SCHEMA
@@ -32,6 +32,7 @@ def verify(folder: Path | Location) -> list[str]:
 
 def _problems(folder: Location, manifest: Manifest) -> Iterator[str]:
     seen_ids: set[str] = set()
+    scanned: dict[str, pa.Table] = {}  # each shard's index rows, as read: the index is checked against them
     all_read = True
     for entry in manifest.shards:
         path = folder.url(entry.path)
@@ -41,13 +42,14 @@ def _problems(folder: Location, manifest: Manifest) -> Iterator[str]:
             yield problem
             continue
         yield from _table_problems(path, table, entry.rows, entry.seconds, manifest.sample_rate)
+        scanned[entry.path] = table_index(table, entry.path)
         for utterance_id in table.column("id").to_pylist():
             if utterance_id in seen_ids:
                 yield f"{path}: utterance id {utterance_id} also appears in another shard"
             seen_ids.add(utterance_id)
     index_sound = yield from _index_file_problems(folder, manifest)
     if all_read and index_sound:
-        yield from _index_content_problems(folder, manifest)
+        yield from _index_content_problems(folder, manifest, scanned)
     tables_sound = True
     for table_entry in manifest.source_tables:
         problem = file_problem(folder, table_entry.path, table_entry.bytes, table_entry.sha256)
@@ -89,10 +91,10 @@ def _index_file_problems(folder: Location, manifest: Manifest) -> Generator[str,
     return sound
 
 
-def _index_content_problems(folder: Location, manifest: Manifest) -> Iterator[str]:
+def _index_content_problems(folder: Location, manifest: Manifest, rows: dict[str, pa.Table]) -> Iterator[str]:
     """What the index says of every utterance equals what its shard holds."""
     shards = [s.path for s in manifest.shards]
-    indexed, scanned = utterance_index(folder, shards, manifest.index), utterance_index(folder, shards, ())
+    indexed, scanned = utterance_index(folder, shards, manifest.index), utterance_index(folder, shards, (), rows)
     for name in UtteranceIndex.__dataclass_fields__:
         if not np.array_equal(getattr(indexed, name), getattr(scanned, name)):
             yield (
