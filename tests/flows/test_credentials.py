@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 import s3fs
+from botocore.exceptions import NoCredentialsError
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.deployments import read_specs
 from flows.local_server import LocalServer, local_prefect_server
 from tests.conftest import Corpus
 from tests.servers import S3Server, free_port, moto_s3_server
+from w2v.cli.prepare import _watched
 from w2v.errors import CredentialsInOptions
+from w2v.shards.location import Location
 from w2v.storage import credential_keys
 
 W2V = [sys.executable, "-m", "w2v"]
@@ -113,7 +117,7 @@ def _files_containing(secret: str, *roots: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.network
 def test_a_secret_block_reads_s3_and_the_secret_is_stored_nowhere(
-    corpus: Corpus, s3: S3Server, prefect_server: LocalServer, tmp_path: Path
+    corpus: Corpus, s3: S3Server, prefect_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key, secret = f"key-{uuid.uuid4().hex}", f"secret-{uuid.uuid4().hex}"
     fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url, key=key, secret=secret)
@@ -130,15 +134,26 @@ def test_a_secret_block_reads_s3_and_the_secret_is_stored_nowhere(
         timeout=120,
     )
     assert saved.returncode == 0, saved.stderr
-    out = tmp_path / "shards"
+    # Into the bucket too: the folder's Location travels between tasks, its credentials must not.
     endpoint = json.dumps({"endpoint_url": s3.endpoint_url})
-    command = [*W2V, "prepare", "s3://raw/corpus/", "--out", str(out), "--storage-options", endpoint]
+    command = [*W2V, "prepare", "s3://raw/corpus/", "--out", "s3://raw/shards", "--storage-options", endpoint]
     command += ["--workers", "1", "--credentials-block", "minio"]
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     # The client has no credentials of its own (without the block, listing fails: NoCredentialsError).
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads(fs.cat_file("raw/shards/manifest.json"))
     assert manifest["counts"]["utterances"] >= 2
+    # The progress bar reads the bucket with the block's credentials, loaded in the command's own process.
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.setenv(name, environment[name])
+    public = Location.of("s3://raw/shards", {"endpoint_url": s3.endpoint_url})
+    with pytest.raises(NoCredentialsError):
+        public.names()
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url}):
+        watched = _watched(public, "minio")
+    assert "manifest.json" in watched.names()
 
     # The other safe way: the variables s3fs reads, here with a second output folder.
     from_environment = {**environment, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}

@@ -61,7 +61,7 @@ def prepare(
             thresholds = QualityThresholds(None, None, None, None)
         api.ready()  # before any progress output: an API that is not there is one line, not a traceback
         summary = _run_with_progress(
-            Location.of(out, options),
+            _watched(Location.of(out, options), credentials_block),
             lambda: prepare_corpus(
                 sources=sources,
                 out=str(out),
@@ -88,6 +88,21 @@ def prepare(
         f"{counts['shards']} shards; this run decoded {summary['last_run']['files_decoded']} of "
         f"{summary['last_run']['files_listed']} files; rejected: {counts['rejected'] or 'none'}"
     )
+
+
+def _watched(folder: Location, credentials_block: str | None) -> Location:
+    """The folder as the progress bar reads it: with the Secret block's credentials when the folder is in a
+    store (loaded here, in this process, never passed to a task); a block that will not load leaves the bar
+    without them, and the flow reports the block's problem in one line."""
+    if folder.is_local or not credentials_block:
+        return folder
+    from flows.credentials import storage_options_with_credentials
+    from w2v.shards.location import Location
+
+    try:
+        return Location.of(folder, storage_options_with_credentials(folder.storage_options, credentials_block))
+    except Exception:  # the bar is a convenience: the flow loads the block itself and fails in one line
+        return folder
 
 
 def _run_with_progress(out: Location, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -117,7 +132,7 @@ def _show_progress(out: Location, stop: threading.Event) -> None:
         while not stop.wait(0.5 if out.is_local else 5.0):
             try:
                 done, total = staged_progress(out)
-            except Exception:
+            except Exception:  # a bar never fails the run
                 continue
             planned = total if total is not None else planned
             bar.update(task, completed=done, total=planned)
