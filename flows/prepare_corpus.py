@@ -7,6 +7,7 @@ processes, each writing its final shards → commit (deduplicate, index, rejects
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from flows.retries import retry_unless_permanent
 from w2v.errors import W2VError
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
-from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.isolated import CHUNKS_PER_CHILD, child_processes, process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
 from w2v.prepare.process import Chunk
@@ -161,9 +162,10 @@ def decode_all(
     storage: StorageAccess,
     dask_address: str | None = None,
 ) -> None:
-    """Submit one decode-chunk task per chunk, `workers` at a time (each waits on a child process of its
-    own), or to a Dask cluster's workers."""
+    """Submit one decode-chunk task per chunk to `workers` child processes here, two at a time each (one
+    decoding, one being written; w2v.prepare.isolated), or to a Dask cluster's workers."""
     runner: Any
+    processes: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if dask_address:
         try:
             from prefect_dask import DaskTaskRunner
@@ -171,8 +173,10 @@ def decode_all(
             raise W2VError("--dask-address needs the dask extra: pip install 'w2v[dask]'") from error
         runner = DaskTaskRunner(address=dask_address)
     else:
-        runner = ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
-    with runner:
+        children = workers or os.cpu_count() or 1
+        runner = ThreadPoolTaskRunner(max_workers=CHUNKS_PER_CHILD * children)
+        processes = child_processes(children)
+    with processes, runner:
         parameters = {"config": config, "layout": run_plan.layout, "out": run_plan.out, "storage": storage}
         futures: list[PrefectFuture[str]] = [
             runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -113,10 +114,14 @@ def test_chunks_are_sized_by_source_bytes_and_keyed_by_layout() -> None:
     config = PrepareConfig(chunk_mb=3.0)
     layout = shard_layout(Manifest(sample_rate=RATE), config)
     chunks = plan_chunks(tasks, config, layout)
-    assert [len(c.tasks) for c in chunks[:-1]] == [10] * (len(chunks) - 1)  # an 11th would pass 3 MiB
-    assert sum(len(c.tasks) for c in chunks) == 400
+    assert len(chunks) == math.ceil(400 * 300_000 / (3 << 20))  # as few as 3 MiB each allows
+    assert all(c.source_bytes <= (3 << 20) + 300_000 for c in chunks)  # within a file of 3 MiB
+    sizes = [len(c.tasks) for c in chunks]
+    assert max(sizes) - min(sizes) <= 1  # evenly: no small one left at the end
+    assert [t for c in chunks for t in c.tasks] == tasks
     few = plan_chunks(tasks[:20], config, layout)
-    assert len(few) >= MIN_CHUNKS
+    assert len(few) == MIN_CHUNKS  # not one more holding what the others left
+    assert {len(c.tasks) for c in few} <= {2, 3}
     capped = plan_chunks(tasks, PrepareConfig(chunk_mb=3.0, files_per_chunk=4), layout)
     assert max(len(c.tasks) for c in capped) == 4
     next_generation = ShardLayout(layout.generation + 1, layout.edges_seconds, layout.shard_bytes, RATE)

@@ -6,6 +6,7 @@ user (or a benchmark) calls directly.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import os
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import w2v
 from w2v.errors import ManifestError
 from w2v.prepare.buckets import log_spaced_edges
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.isolated import process_chunk_isolated
+from w2v.prepare.isolated import CHUNKS_PER_CHILD, child_processes, process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.metadata import load_metadata
 from w2v.prepare.pack import commit
@@ -166,10 +167,20 @@ def decode_chunks(
     storage_options: dict[str, Any] | None,
     on_chunk_done: Callable[[Chunk], None] | None = None,
 ) -> None:
-    # Threads only wait here: each chunk is decoded in a child process of its own.
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    """Decode the plan's chunks with `workers` child processes, each given two chunks at a time (one
+    decoding, one being written: w2v.prepare.isolated); the threads here only wait."""
+    children = workers or os.cpu_count() or 1
+    with child_processes(children), ThreadPoolExecutor(max_workers=CHUNKS_PER_CHILD * children) as pool:
         futures = {
-            pool.submit(process_chunk_isolated, c, config, plan.layout, plan.out, storage_options): c
+            pool.submit(
+                contextvars.copy_context().run,
+                process_chunk_isolated,
+                c,
+                config,
+                plan.layout,
+                plan.out,
+                storage_options,
+            ): c
             for c in plan.chunks_largest_first
         }
         for future in as_completed(futures):

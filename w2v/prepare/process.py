@@ -22,7 +22,7 @@ from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import every_piece_failed, first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
-from w2v.prepare.shard_writer import ChunkWriter, ShardLayout, chunk_is_complete, record_url
+from w2v.prepare.shard_writer import BUFFER_BYTES, ChunkWriter, ShardLayout, chunk_is_complete, record_url
 from w2v.shards.location import Location
 from w2v.shards.manifest import SourceEntry
 from w2v.shards.table import Utterance
@@ -74,21 +74,30 @@ MIN_CHUNKS = 8
 
 
 def plan_chunks(tasks: list[SourceTask], config: PrepareConfig, layout: ShardLayout) -> list[Chunk]:
-    """Split tasks (in URI order) into chunks of at most `chunk_mb` source bytes (or one larger file) and at
-    most `files_per_chunk` files, and into at least MIN_CHUNKS chunks where there are enough files; keys
-    depend only on the files, the decode config and the layout."""
+    """Split tasks (in URI order) into chunks of about `chunk_mb` source bytes and at most `files_per_chunk`
+    files, and into MIN_CHUNKS chunks where there are enough files; keys depend only on the files, the
+    decode config and the layout.
+
+    The bytes are shared evenly between as few chunks as `chunk_mb` allows, and a file goes to the chunk its
+    middle byte falls in: chunks come out within a file of each other, with no small one holding what
+    the others left (an odd chunk out runs alone at the end of a run).
+    """
     ordered = sorted(tasks, key=lambda t: t.source.uri)
     total = sum(t.source.size for t in ordered)
-    target = max(1, min(config.chunk_mb * (1 << 20), math.ceil(total / MIN_CHUNKS)))
+    largest = max(1, min(config.chunk_mb * (1 << 20), math.ceil(total / MIN_CHUNKS)))
+    target = total / math.ceil(total / largest) if total else 1  # the chunks share the bytes evenly
     groups: list[list[SourceTask]] = []
-    size = 0
+    offset = 0
+    boundary = target
     for task in ordered:
-        full = groups and (size + task.source.size > target or len(groups[-1]) >= config.files_per_chunk)
-        if not groups or full:
+        middle = offset + task.source.size / 2
+        past = middle >= boundary
+        if past:
+            boundary = (middle // target + 1) * target
+        if not groups or past or len(groups[-1]) >= config.files_per_chunk:
             groups.append([])
-            size = 0
         groups[-1].append(task)
-        size += task.source.size
+        offset += task.source.size
     chunks = []
     for number, group in enumerate(groups):
         h = hashlib.sha256(f"{config.decode_fingerprint()}:{layout.fingerprint()}".encode())
@@ -107,16 +116,37 @@ def process_chunk(
 ) -> str:
     """Decode a chunk into its final shards in `out` (a folder or a URL); returns where its record is (at
     once if the chunk is done already)."""
-    folder = Location.of(out, storage_options)
-    if chunk_is_complete(folder, chunk.key):
-        return record_url(folder, chunk.key)
-    writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
+    writer = decode_chunk(chunk, config, layout, out, storage_options)
+    if isinstance(writer, str):
+        return writer
     try:
-        for task in chunk.tasks:
-            writer.add(*process_source(task, config, storage_options))
         return writer.finish()
     finally:
         writer.close()
+
+
+def decode_chunk(
+    chunk: Chunk,
+    config: PrepareConfig,
+    layout: ShardLayout,
+    out: Path | str | Location,
+    storage_options: dict[str, Any] | None = None,
+    buffer_bytes: int = BUFFER_BYTES,
+) -> ChunkWriter | str:
+    """The first half of `process_chunk`: decode every file of the chunk into a writer whose shards may still
+    be on their way to the disk; the caller finishes it (record) or closes it. A chunk done already returns
+    where its record is instead."""
+    folder = Location.of(out, storage_options)
+    if chunk_is_complete(folder, chunk.key):
+        return record_url(folder, chunk.key)
+    writer = ChunkWriter(folder, chunk.key, layout, chunk.label, buffer_bytes)
+    try:
+        for task in chunk.tasks:
+            writer.add(*process_source(task, config, storage_options))
+    except BaseException:
+        writer.close()
+        raise
+    return writer
 
 
 def process_source(
