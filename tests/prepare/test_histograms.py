@@ -1,5 +1,6 @@
 """The manifest's quality histograms follow the change: a commit adds the new rows' counts and subtracts the
-removed ones', and always equals a count over every shard; a run with nothing new reads no shard for them."""
+removed ones', and always equals a count over every shard; a run with nothing new reads no shard for them, and
+a changed source costs a read of only the shards that held it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from w2v.prepare.pipeline import prepare
 from w2v.shards.histograms import quality_histograms
 from w2v.shards.location import Location
 from w2v.shards.manifest import MANIFEST_NAME, Manifest
+from w2v.shards.table import read_stream
 
 CONFIG = PrepareConfig(files_per_chunk=2, max_seconds=6.0)
 
@@ -42,13 +44,6 @@ def test_histograms_after_adding_changing_and_nothing_equal_a_count_over_every_s
     assert grown.quality_histograms == _counted_from_every_shard(out, grown)
     assert grown.quality_histograms["snr_db"]["measured"] > first.quality_histograms["snr_db"]["measured"]
 
-    audio, rate = sf.read(raw / "long_3min.wav", dtype="float32")  # changed: its old rows are removed
-    sf.write(raw / "long_3min.wav", audio[: len(audio) // 2] * np.float32(0.5), rate)
-    changed = prepare([str(raw)], out, CONFIG, workers=1)
-    assert changed.last_run["files_decoded"] == 1
-    assert changed.quality_histograms == _counted_from_every_shard(out, changed)
-    assert changed.quality_histograms != grown.quality_histograms
-
     reads: list[str] = []
     real = Location.read_stream
 
@@ -57,6 +52,17 @@ def test_histograms_after_adding_changing_and_nothing_equal_a_count_over_every_s
         return real(folder, name)
 
     monkeypatch.setattr(Location, "read_stream", counted)  # how a commit reads a shard
+    holding = {s.path for s in grown.shards if "long_3min" in str(read_stream(out / s.path).column("source"))}
+    assert 0 < len(holding) < len(grown.shards)
+    audio, rate = sf.read(raw / "long_3min.wav", dtype="float32")  # changed: its old rows are removed
+    sf.write(raw / "long_3min.wav", audio[: len(audio) // 2] * np.float32(0.5), rate)
+    changed = prepare([str(raw)], out, CONFIG, workers=1)
+    assert changed.last_run["files_decoded"] == 1
+    assert changed.quality_histograms == _counted_from_every_shard(out, changed)
+    assert changed.quality_histograms != grown.quality_histograms
+    assert sorted(reads) == sorted(holding)  # the index says which shards held it: no other is read
+
+    reads.clear()
     again = prepare([str(raw)], out, CONFIG, workers=1)
     assert again.last_run["files_decoded"] == 0 and reads == []
     assert again.quality_histograms == changed.quality_histograms

@@ -9,6 +9,7 @@ a reader sees has changed; files a crash leaves behind are unreferenced and remo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from w2v.prepare.config import PrepareConfig
 from w2v.prepare.progress import STAGING_NAME
 from w2v.prepare.shard_writer import ChunkRecord, ShardLayout, read_chunk_record, write_shard
 from w2v.shards.histograms import BINS, can_merge, merged_histograms, table_histograms
-from w2v.shards.index import index_file_name, shard_index, write_index
+from w2v.shards.index import index_file_name, read_index, shard_index, split_position, write_index
 from w2v.shards.location import Location
 from w2v.shards.manifest import (
     REJECTS_NAME,
@@ -66,9 +67,13 @@ def commit(
     # Sources whose rows a worker wrote but that the commit turned down (duplicates of audio already kept).
     turned_down = {uri for uri, entry in staged.items() if entry.status == "kept" and decided[uri].status != "kept"}
 
-    old, old_removed, old_rewritten = _shards_without(out, previous.shards, set(before), layout)
+    # Only the shards that can hold a row of a changed or turned-down source are read (the index says which).
+    chunk_rows = [record.index_rows() for record in records]
+    gone_before = shards_holding(set(before), _index_tables(out, previous.index), previous.shards, previous.index)
+    old, old_removed, old_rewritten = _shards_without(out, previous.shards, set(before), layout, gone_before)
     new_shards = [shard for record in records for shard in record.shards]
-    new, new_removed, new_rewritten = _shards_without(out, new_shards, turned_down, layout)
+    gone_now = shards_holding(turned_down, iter(chunk_rows))
+    new, new_removed, new_rewritten = _shards_without(out, new_shards, turned_down, layout, gone_now)
     rewritten = {**old_rewritten, **new_rewritten}
     all_shards = tuple(sorted([*old, *new], key=lambda s: (s.bucket, s.path)))
 
@@ -80,7 +85,7 @@ def commit(
         table = write_sources(out, sources_file_name(layout.generation), list(written.values()))
         source_tables = (*source_tables, table)
 
-    index_rows = [*_chunk_index_rows(records, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
+    index_rows = [*_chunk_index_rows(chunk_rows, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
     manifest = previous.with_changes(
         sample_rate=config.sample_rate,
         generation=layout.generation,
@@ -122,16 +127,41 @@ def _deduplicate(kept_before: list[SourceEntry], staged: dict[str, SourceEntry])
     return result
 
 
-def _chunk_index_rows(records: list[ChunkRecord], shards: set[str]) -> list[pa.Table]:
+def _chunk_index_rows(chunk_rows: list[pa.Table], shards: set[str]) -> list[pa.Table]:
     """The index rows the workers wrote, of the shards in `shards` (those the commit did not rewrite)."""
     tables = []
-    for record in records:
-        table = record.index_rows()
+    for table in chunk_rows:
         if not table.num_rows:
             continue
         names = pc.cast(table.column("shard"), pa.string())
         tables.append(table.filter(pc.is_in(names, value_set=pa.array(sorted(shards), pa.string()))))
     return tables
+
+
+def _index_tables(out: Location, index: tuple[IndexEntry, ...]) -> Iterator[pa.Table]:
+    for entry in index:
+        yield read_index(out, entry.path)
+
+
+def shards_holding(
+    sources: set[str],
+    index_tables: Iterator[pa.Table],
+    shards: Sequence[ShardEntry] = (),
+    index: Sequence[IndexEntry] = (),
+) -> set[str]:
+    """The shards that may hold rows of `sources`, found in index rows by split position (a hash of a URI's
+    last two parts: another source with the same two parts only adds a shard to read), plus those of
+    `shards` no file of `index` covers (folders indexed before the index existed). The index files are
+    mapped, not the shards: the cost follows the change."""
+    if not sources:
+        return set()
+    positions = pa.array(sorted({split_position(uri) for uri in sources}), pa.float64())
+    found: set[str] = set()
+    for table in index_tables:
+        hits = table.filter(pc.is_in(table.column("source_position"), value_set=positions))
+        found.update(pc.unique(pc.cast(hits.column("shard"), pa.string())).to_pylist())
+    covered = {name for entry in index for name in entry.shards}
+    return found | {s.path for s in shards if s.path not in covered}
 
 
 def updated_index(
@@ -171,16 +201,23 @@ def _histograms(
 
 
 def _shards_without(
-    out: Location, shards: list[ShardEntry] | tuple[ShardEntry, ...], gone: set[str], layout: ShardLayout
+    out: Location,
+    shards: list[ShardEntry] | tuple[ShardEntry, ...],
+    gone: set[str],
+    layout: ShardLayout,
+    candidates: set[str],
 ) -> tuple[list[ShardEntry], list[pa.Table], dict[str, ShardEntry]]:
     """`shards`, with those holding rows of the sources `gone` rewritten without them (or dropped when
-    nothing is left). Returns the shards, the quality columns of the rows removed, and the rewritten
-    shards by their new names."""
+    nothing is left); only the `candidates` among them are read. Returns the shards, the quality columns of
+    the rows removed, and the rewritten shards by their new names."""
     if not gone:
         return list(shards), [], {}
     value_set = pa.array(sorted(gone), pa.string())
     kept, removed, rewritten = [], [], {}
     for shard in shards:
+        if shard.path not in candidates:
+            kept.append(shard)
+            continue
         table = out.read_stream(shard.path)
         mask = pc.invert(pc.is_in(table.column("source"), value_set=value_set))
         if pc.all(mask).as_py():
