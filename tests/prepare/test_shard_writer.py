@@ -24,7 +24,10 @@ from w2v.prepare.pipeline import commit_run, decode_chunks, plan_run, prepare, s
 from w2v.prepare.process import MIN_CHUNKS, SourceTask, plan_chunks
 from w2v.prepare.progress import STAGING_NAME, staged_progress, write_plan_record
 from w2v.prepare.shard_writer import ChunkWriter, ShardLayout, chunk_is_complete, read_chunk_record
+from w2v.shards import index as index_module
+from w2v.shards import sources as sources_module
 from w2v.shards.histograms import quality_histograms
+from w2v.shards.index import utterance_index
 from w2v.shards.manifest import MANIFEST_NAME, Manifest, SourceEntry, read_manifest
 from w2v.shards.table import Utterance, read_stream
 from w2v.shards.verify import verify
@@ -221,3 +224,30 @@ def test_a_corpus_prepared_from_another_folder_comes_out_in_the_same_order(tmp_p
 
     assert layout(here) == layout(there) and len(here.shards) > 1
     assert np.array_equal(ShardCorpus(tmp_path / "a").num_samples, ShardCorpus(tmp_path / "b").num_samples)
+
+
+def test_a_commit_writes_its_index_and_source_table_as_bounded_files_that_read_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    durations = [2.5, 3.0, 4.5, 6.0, 7.5, 2.2, 5.1, 3.3, 6.6, 4.0, 2.8, 3.9]
+    write_tones(tmp_path / "raw", durations)
+    whole = prepare([str(tmp_path / "raw")], tmp_path / "whole", CONFIG, workers=1)
+    with monkeypatch.context() as small:  # the limits of a corpus thousands of times larger
+        small.setattr(index_module, "INDEX_FILE_ROWS", 3)
+        small.setattr(sources_module, "SOURCE_FILE_ROWS", 5)
+        split = prepare([str(tmp_path / "raw")], tmp_path / "split", CONFIG, workers=1)
+    assert len(whole.index) == len(whole.source_tables) == 1
+    assert [t.rows for t in split.source_tables] == [5, 5, 2]
+    assert len(split.index) > 1 and sum(e.rows for e in split.index) == whole.index[0].rows
+    chunk_rows = max(len(c.tasks) for c in plan_run([str(tmp_path / "raw")], tmp_path / "x", CONFIG).chunks)
+    assert all(e.rows <= max(3, chunk_rows) for e in split.index)  # a chunk's rows are never split
+    assert verify(tmp_path / "split") == []
+    assert dict(split.sources).keys() == dict(whole.sources).keys()
+    for uri, entry in whole.sources.items():
+        assert split.sources[uri].utterances == entry.utterances
+    index = [
+        utterance_index(tmp_path / folder, [s.path for s in manifest.shards], manifest.index)
+        for folder, manifest in (("whole", whole), ("split", split))
+    ]
+    for column in ("num_samples", "source_position", "mean", "std", "batch", "row"):
+        assert np.array_equal(getattr(index[0], column), getattr(index[1], column)), column

@@ -20,7 +20,7 @@ from w2v.prepare.config import PrepareConfig
 from w2v.prepare.progress import STAGING_NAME
 from w2v.prepare.shard_writer import ChunkRecord, ShardLayout, read_chunk_record, write_shard
 from w2v.shards.histograms import BINS, can_merge, merged_histograms, table_histograms
-from w2v.shards.index import index_file_name, read_index, shard_index, split_position, write_index
+from w2v.shards.index import read_index, shard_index, split_position, write_index_files
 from w2v.shards.location import Location
 from w2v.shards.manifest import (
     REJECTS_NAME,
@@ -37,9 +37,8 @@ from w2v.shards.sources import (
     SourceRecords,
     kept_with_audio,
     records_of,
-    sources_file_name,
     with_rejects,
-    write_sources,
+    write_source_files,
 )
 
 FILE_GLOBS = ("*.arrow", "sources-*.parquet")
@@ -82,8 +81,7 @@ def commit(
         written = {**previous.sources, **decided}
     source_tables = previous.source_tables
     if written:
-        table = write_sources(out, sources_file_name(layout.generation), list(written.values()))
-        source_tables = (*source_tables, table)
+        source_tables = (*source_tables, *write_source_files(out, layout.generation, list(written.values())))
 
     index_rows = [*_chunk_index_rows(chunk_rows, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
     manifest = previous.with_changes(
@@ -177,7 +175,7 @@ def updated_index(
     kept = tuple(entry for entry in previous if alive & set(entry.shards))
     if not any(table.num_rows for table in rows):
         return kept
-    return (*kept, write_index(out, index_file_name(generation), [t for t in rows if t.num_rows]))
+    return (*kept, *write_index_files(out, generation, rows))
 
 
 def _histograms(

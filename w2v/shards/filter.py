@@ -19,7 +19,7 @@ from w2v.prepare.filters import Failure, QualityThresholds, every_piece_failed, 
 from w2v.prepare.lock import exclusive_writer
 from w2v.quality import Quality
 from w2v.shards.histograms import quality_histograms
-from w2v.shards.index import index_file_name, shard_index, write_index
+from w2v.shards.index import shard_index, write_index_files
 from w2v.shards.manifest import (
     MANIFEST_NAME,
     REJECTS_NAME,
@@ -32,7 +32,7 @@ from w2v.shards.manifest import (
     write_manifest,
 )
 from w2v.shards.schema import QUALITY_COLUMNS
-from w2v.shards.sources import sources_file_name, write_sources
+from w2v.shards.sources import write_source_files
 from w2v.shards.table import read_stream, write_stream_atomic
 
 
@@ -90,8 +90,8 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
             sources=sources,
             config=config,
             quality_histograms=quality_histograms([dst / s.path for s in shards]),
-            index=(_index_of(dst, shards, manifest.generation + 1),) if shards else (),
-            source_tables=(write_sources(dst, sources_file_name(manifest.generation + 1), list(sources.values())),),
+            index=_index_of(dst, shards, manifest.generation + 1),
+            source_tables=write_source_files(dst, manifest.generation + 1, list(sources.values())),
             last_run={"started": now, "finished": now, "filtered_from": str(src), "removed": len(failures)},
             updated=now,
         )
@@ -100,8 +100,8 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
     return filtered
 
 
-def _index_of(folder: Path, shards: list[ShardEntry], generation: int) -> IndexEntry:
-    return write_index(folder, index_file_name(generation), [shard_index(folder, s.path) for s in shards])
+def _index_of(folder: Path, shards: list[ShardEntry], generation: int) -> tuple[IndexEntry, ...]:
+    return write_index_files(folder, generation, [shard_index(folder, s.path) for s in shards])
 
 
 def _failures(

@@ -51,8 +51,12 @@ class UtteranceIndex:
     source_position: np.ndarray  # float64
 
 
-def index_file_name(generation: int) -> str:
-    return f"index-g{generation:05d}.arrow"
+# Rows per index file (36 bytes each: about 600 MB): a commit that indexes more writes several files.
+INDEX_FILE_ROWS = 1 << 24
+
+
+def index_file_name(generation: int, part: int = 0) -> str:
+    return f"index-g{generation:05d}{f'-p{part:04d}' if part else ''}.arrow"
 
 
 def split_key(source: str) -> str:
@@ -114,6 +118,23 @@ def write_index(folder: Path | Location, name: str, tables: Sequence[pa.Table]) 
     Location.of(folder).write_bytes(name, data)
     shards = tuple(dict.fromkeys(table.column("shard").combine_chunks().dictionary.to_pylist())) if tables else ()
     return IndexEntry(name, table.num_rows, len(data), hashlib.sha256(data).hexdigest(), shards)
+
+
+def write_index_files(folder: Path | Location, generation: int, tables: Sequence[pa.Table]) -> tuple[IndexEntry, ...]:
+    """Write the index rows `tables` (each holding whole shards: one shard's rows, or one chunk's) as the
+    generation's index files, starting a new file before one would pass INDEX_FILE_ROWS rows: no metadata
+    file grows with the corpus, and a shard's rows stay in one file."""
+    parts: list[list[pa.Table]] = [[]]
+    rows = 0
+    for table in tables:
+        if not table.num_rows:
+            continue
+        if rows and rows + table.num_rows > INDEX_FILE_ROWS:
+            parts.append([])
+            rows = 0
+        parts[-1].append(table)
+        rows += table.num_rows
+    return tuple(write_index(folder, index_file_name(generation, k), part) for k, part in enumerate(parts) if part)
 
 
 def read_index_file(path: Path) -> pa.Table:

@@ -53,8 +53,24 @@ FINGERPRINT_COLUMNS = ("uri", "size", "mtime", "etag", "metadata_sha256")
 ROW_GROUP_ROWS = 65_536
 
 
-def sources_file_name(generation: int) -> str:
-    return f"sources-g{generation:05d}.parquet"
+# Rows per source table file (about 66 bytes each in Parquet: ~550 MB): a commit deciding more writes several.
+SOURCE_FILE_ROWS = 1 << 23
+
+
+def sources_file_name(generation: int, part: int = 0) -> str:
+    return f"sources-g{generation:05d}{f'-p{part:04d}' if part else ''}.parquet"
+
+
+def write_source_files(
+    folder: Path | Location, generation: int, entries: Sequence[SourceEntry]
+) -> tuple[FileEntry, ...]:
+    """Write `entries` as the generation's source table files, sorted by URI, at most SOURCE_FILE_ROWS rows
+    each (each holds a URI range, so a lookup still skips what cannot hold its URIs)."""
+    ordered = sorted(entries, key=lambda e: e.uri)
+    return tuple(
+        write_sources(folder, sources_file_name(generation, k), ordered[start : start + SOURCE_FILE_ROWS])
+        for k, start in enumerate(range(0, len(ordered), SOURCE_FILE_ROWS))
+    )
 
 
 def write_sources(folder: Path | Location, name: str, entries: Sequence[SourceEntry]) -> FileEntry:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from w2v.errors import ManifestError
 from w2v.prepare.lock import exclusive_writer
-from w2v.shards.index import index_file_name, shard_index, write_index
+from w2v.shards.index import shard_index, write_index_files
 from w2v.shards.manifest import MANIFEST_NAME, Manifest, read_manifest, summary_of, write_manifest
 from w2v.shards.schema import VERSION
-from w2v.shards.sources import SourceRecords, sources_file_name, write_sources
+from w2v.shards.sources import SourceRecords, write_source_files
 
 
 def folder_version(folder: Path) -> int:
@@ -37,13 +37,13 @@ def upgrade(folder: Path, now: str) -> tuple[Manifest, bool]:
             raise ManifestError(f"{folder / MANIFEST_NAME}: version {version} cannot be upgraded; prepare it again")
         generation = manifest.generation + 1
         records = dict(manifest.sources)
-        tables = (write_sources(folder, sources_file_name(generation), list(records.values())),) if records else ()
+        tables = write_source_files(folder, generation, list(records.values()))
         covered = {name for entry in manifest.index for name in entry.shards}
         missing = [s.path for s in manifest.shards if s.path not in covered]
         index = manifest.index
         if missing:
             rows = [shard_index(folder, name) for name in missing]
-            index = (*index, write_index(folder, index_file_name(generation), rows))
+            index = (*index, *write_index_files(folder, generation, rows))
         upgraded = manifest.with_changes(
             generation=generation,
             index=index,
