@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from w2v.errors import RejectedAudio, W2VError
 from w2v.prepare.isolated import ChildCrashed, _finisher, child_processes, run_in_child
 
 
@@ -59,6 +60,29 @@ def _finish_once_flagged(flag: Path) -> Future[int]:
 def _flag(flag: Path) -> int:
     flag.touch()
     return os.getpid()
+
+
+def _raise_unreadable() -> None:
+    raise RejectedAudio("too_short", "a.wav: 0.1 s")  # pickles, but its constructor wants two arguments
+
+
+def _killed_while_written_once(flag: Path) -> Future[str] | str:
+    """The first time, returns a Future whose writing kills the child a moment later; then returns at once."""
+    if flag.exists():
+        return "written"
+    flag.touch()
+
+    def kill() -> str:
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return "never"
+
+    return _finisher().submit(kill)
+
+
+def _sleep_then_add(seconds: float, a: int, b: int) -> int:
+    time.sleep(seconds)
+    return a + b
 
 
 def _in_thread(function: object, *args: object) -> tuple[threading.Thread, dict[str, object]]:
@@ -190,3 +214,21 @@ def test_a_file_that_crashes_the_decoder_is_quarantined_and_the_rest_of_its_chun
     assert "worker process died (killed by signal SIGSEGV)" in rejects[0]["error"]
     counts = json.loads(result.stdout.strip().splitlines()[-1])["counts"]
     assert counts["files_kept"] == 9 and counts["rejected"] == {"decode_crash": 1}, counts
+
+
+def test_a_reply_that_cannot_be_read_here_fails_its_call_alone() -> None:
+    with child_processes(1):
+        with pytest.raises(W2VError, match=r"unreadable: the worker's reply cannot be read here \(TypeError"):
+            run_in_child(_raise_unreadable, (), "unreadable")
+        assert run_in_child(_add, (2, 3), "after it") == 5  # the same child goes on
+
+
+def test_a_child_killed_while_a_call_is_written_blames_neither_call(tmp_path: Path) -> None:
+    # Either the call being written or the one running may have killed it: both run again, in a new child.
+    with child_processes(1):
+        writing, written = _in_thread(run_in_child, _killed_while_written_once, (tmp_path / "flag",), "writing")
+        time.sleep(0.3)  # it is being written (the kill comes a second later) while this one runs
+        running, ran = _in_thread(run_in_child, _sleep_then_add, (3.0, 2, 3), "running")
+        for thread in (writing, running):
+            thread.join(timeout=120)
+    assert written == {"result": "written"} and ran == {"result": 5}, (written, ran)

@@ -20,6 +20,7 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import threading
 import traceback
@@ -72,24 +73,32 @@ def process_chunk_isolated(
         record = run_in_child(_decode_then_finish, (chunk, config, layout, out, storage_options), f"chunk {chunk.key}")
         return cast(str, record)  # the child waits for the Future before it replies
     except ChildCrashed as crash:
+        first_failure = crash
+    # One file per call, in a child shared with no other call: a death there is that file's doing.
+    alone = ChildPool(1)
+    try:
         # Blame a file only if a child can run at all: otherwise every file would be quarantined for a
         # broken environment.
         try:
-            run_in_child(_alive, (), "a worker process")
+            run_in_child(_alive, (), "a worker process", alone)
         except ChildCrashed as canary:
-            raise W2VError(f"{canary}; no file was decoded (first failure: {crash})") from crash
-    # Shards the crashed child wrote are overwritten by the same names, or left unreferenced for the commit.
-    writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
-    try:
-        for task in chunk.tasks:
-            try:
-                writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri))
-            except ChildCrashed as crash:
-                entry = SourceEntry(**task.entry_fields(), status="rejected", reason="decode_crash", error=str(crash))
-                writer.add(entry, [])
-        return writer.finish()
+            raise W2VError(f"{canary}; no file was decoded (first failure: {first_failure})") from first_failure
+        # Shards the crashed child wrote are overwritten by the same names, or left unreferenced for the commit.
+        writer = ChunkWriter(folder, chunk.key, layout, chunk.label)
+        try:
+            for task in chunk.tasks:
+                try:
+                    writer.add(*run_in_child(_process_one, (task, config, storage_options), task.source.uri, alone))
+                except ChildCrashed as crash:
+                    error = str(crash)
+                    writer.add(
+                        SourceEntry(**task.entry_fields(), status="rejected", reason="decode_crash", error=error), []
+                    )
+            return writer.finish()
+        finally:
+            writer.close()
     finally:
-        writer.close()
+        alone.stop()
 
 
 def _alive() -> bool:
@@ -198,8 +207,8 @@ class _Child:
                 return
             except Exception as error:  # arguments that do not pickle: nothing was sent
                 with self._lock:
-                    self._calls.pop(number, None)
-                if not call.future.done():
+                    ours = self._calls.pop(number, None) is call  # else the reader failed it already
+                if ours:
                     call.future.set_exception(error)
 
     def stop(self) -> None:
@@ -208,24 +217,44 @@ class _Child:
             self._connection.send(None)
 
     def _read(self) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 number, kind, payload = self._connection.recv()
-            except (EOFError, OSError):
-                break
-            with self._lock:
-                call = self._calls[number] if kind in ("started", "deferred") else self._calls.pop(number)
-            if kind in ("started", "deferred"):
-                call.stage = kind
-            else:
-                call.future.set_result((kind, payload))
+                with self._lock:
+                    call = self._calls.get(number) if kind in ("started", "deferred") else self._calls.pop(number, None)
+                if call is None:
+                    continue
+                if kind in ("started", "deferred"):
+                    call.stage = kind
+                else:
+                    call.future.set_result(_reply(kind, payload, call.what))
+        except (EOFError, OSError):
+            pass  # the child is gone
+        except Exception:  # a message this end cannot read: the conversation is lost, the child stopped
+            self._process.kill()
         self._process.join(timeout=10)
         with self._lock:
             self._dead = True
             pending, self._calls = list(self._calls.values()), {}
         self._connection.close()
+        # The call that was running is blamed, unless another call was being written meanwhile: either could
+        # have killed the child (an out-of-memory kill, say), so both are sent again.
+        writing = any(call.stage == "deferred" for call in pending)
         for call in pending:
-            call.future.set_exception(_Died(self._process.exitcode, blamed=call.stage == "started"))
+            if not call.future.done():
+                call.future.set_exception(_Died(self._process.exitcode, call.stage == "started" and not writing))
+
+
+def _reply(kind: str, payload: bytes, what: str) -> tuple[str, Any]:
+    """A reply as (kind, payload), its payload pickled by the child on its own: one that does not unpickle
+    here (an exception whose constructor takes other arguments than it stores, say) fails its call alone."""
+    try:
+        return kind, pickle.loads(payload)
+    except Exception as error:
+        return "error", (
+            W2VError(f"{what}: the worker's reply cannot be read here ({type(error).__name__}: {error})"),
+            "",
+        )
 
 
 class ChildPool:
@@ -282,15 +311,15 @@ def child_processes(limit: int) -> Iterator[ChildPool]:
         pool.stop()
 
 
-def run_in_child(function: Callable[..., T], args: tuple[Any, ...], what: str) -> T:
-    """Call `function(*args)` in a child process of the current pool; a result that is a Future is waited
-    for in the child (see the module doc).
+def run_in_child(function: Callable[..., T], args: tuple[Any, ...], what: str, pool: ChildPool | None = None) -> T:
+    """Call `function(*args)` in a child process of `pool` (default: the current one, see child_processes);
+    a result that is a Future is waited for in the child (see the module doc).
 
     The child's exception is raised here; if the child dies while running this call, ChildCrashed is. A call
-    that was waiting its turn, or whose own part had finished, when another call killed the child is sent
-    again to a new child.
+    that was waiting its turn or being written, or that ran while another was being written (either could
+    have killed the child), is sent again to a new child, at most RESENDS times.
     """
-    pool = _current_pool.get() or _default_pool
+    pool = pool or _current_pool.get() or _default_pool
     for attempt in range(RESENDS + 1):
         call = pool.send(function, args, what)
         try:
@@ -312,16 +341,17 @@ def _serve(connection: multiprocessing.connection.Connection) -> None:
     deferred: list[Future[Any]] = []
 
     def reply(number: int, kind: str, payload: Any) -> None:
+        try:
+            data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # a result or exception that does not pickle
+            if kind == "ok":
+                payload = (W2VError(f"result does not pickle: {type(error).__name__}: {error}"), "")
+            else:
+                exception, text = payload
+                payload = (W2VError(f"{type(exception).__name__}: {exception}"), text)
+            kind, data = "error", pickle.dumps(payload)
         with lock:
-            try:
-                connection.send((number, kind, payload))
-            except Exception as error:  # a result or exception that does not pickle
-                if kind == "ok":
-                    payload = (W2VError(f"result does not pickle: {type(error).__name__}: {error}"), "")
-                else:
-                    exception, text = payload
-                    payload = (W2VError(f"{type(exception).__name__}: {exception}"), text)
-                connection.send((number, "error", payload))
+            connection.send((number, kind, data))
 
     def finished(number: int, future: Future[Any]) -> None:
         error = future.exception()

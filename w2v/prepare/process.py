@@ -78,14 +78,17 @@ def plan_chunks(tasks: list[SourceTask], config: PrepareConfig, layout: ShardLay
     files, and into MIN_CHUNKS chunks where there are enough files; keys depend only on the files, the
     decode config and the layout.
 
-    The bytes are shared evenly between as few chunks as `chunk_mb` allows, and a file goes to the chunk its
-    middle byte falls in: chunks come out within a file of each other, with no small one holding what
-    the others left (an odd chunk out runs alone at the end of a run).
+    A file goes to the chunk its middle byte falls in, counting every byte before it. A run of up to
+    MIN_CHUNKS times `chunk_mb` shares its bytes evenly between MIN_CHUNKS chunks (with no small one holding
+    what the others left: an odd chunk out runs alone at the end of a run); a larger run cuts every
+    `chunk_mb`, so the chunks before a new file keep their keys.
     """
     ordered = sorted(tasks, key=lambda t: t.source.uri)
     total = sum(t.source.size for t in ordered)
-    largest = max(1, min(config.chunk_mb * (1 << 20), math.ceil(total / MIN_CHUNKS)))
-    target = total / math.ceil(total / largest) if total else 1  # the chunks share the bytes evenly
+    chunk_bytes = config.chunk_mb * (1 << 20)
+    # A large run cuts on a fixed grid: a file added at its end leaves every earlier chunk's key, and what an
+    # interrupted run staged, as it was. A small run shares its bytes evenly between MIN_CHUNKS chunks.
+    target = chunk_bytes if total > MIN_CHUNKS * chunk_bytes else max(1, total / MIN_CHUNKS)
     groups: list[list[SourceTask]] = []
     offset = 0
     boundary = target
