@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
-from w2v.shards.manifest import MANIFEST_NAME, Manifest, read_manifest
-from w2v.shards.sources import FINGERPRINT_COLUMNS, SourceRecords, read_sources
+from w2v.shards.manifest import MANIFEST_NAME, Manifest, SourceEntry, read_manifest, sources_summary
+from w2v.shards.sources import FINGERPRINT_COLUMNS, SourceRecords, read_sources, source_rows, table_summary
 from w2v.shards.verify import verify
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "v2_folder"
@@ -126,3 +128,43 @@ def test_a_version_2_folder_reads_as_it_is_and_the_next_prepare_makes_it_version
     assert reread.bucket_edges_seconds == old.bucket_edges_seconds
     assert verify(folder) == [] and len(ShardCorpus(folder)) == 5
     assert "broken.wav" in (folder / "rejects.jsonl").read_text()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["kept", "rejected"]),
+            st.sampled_from([None, "too_short", "silent", "duplicate"]),
+            st.floats(0, 100, allow_nan=False),
+            st.integers(0, 3),
+            st.lists(st.tuples(st.sampled_from(["low_snr", "clipping"]), st.floats(0, 10)), max_size=3),
+        ),
+        max_size=30,
+    )
+)
+def test_the_summary_of_source_rows_equals_the_summary_of_their_records(
+    rows: list[tuple[str, str | None, float, int, list[tuple[str, float]]]],
+) -> None:
+    entries = [
+        SourceEntry(
+            uri=f"/raw/{n:03d}.wav",
+            size=1,
+            mtime=None,
+            etag=None,
+            metadata_sha256=None,
+            status=status,
+            reason=reason if status == "rejected" else None,
+            decoded_seconds=seconds,
+            kept_seconds=seconds / 2 if status == "kept" else 0.0,
+            dropped_seconds=0.5 * dropped,
+            dropped_pieces=dropped,
+            filtered=tuple({"id": f"u{n}-{k}", "reason": r, "seconds": s} for k, (r, s) in enumerate(pieces)),
+            filtered_seconds=sum(s for _, s in pieces),
+        )
+        for n, (status, reason, seconds, dropped, pieces) in enumerate(rows)
+    ]
+    expected, found = sources_summary(entries), table_summary(source_rows(entries))
+    assert found["counts"] == expected["counts"]
+    assert found["seconds"] == pytest.approx(expected["seconds"])
+    assert found["seconds_removed_by_reason"] == pytest.approx(expected["seconds_removed_by_reason"])

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,14 +30,19 @@ from w2v.shards.manifest import (
     ShardEntry,
     SourceEntry,
     rejects_jsonl,
+    sources_summary,
     summary_after,
     summary_of,
     write_manifest,
 )
 from w2v.shards.sources import (
+    SOURCES_SCHEMA,
     SourceRecords,
+    entries_of,
     kept_with_audio,
     records_of,
+    source_rows,
+    table_summary,
     with_rejects,
     write_source_files,
 )
@@ -57,14 +63,12 @@ def commit(
     """Fold the finished chunks into the shard folder (local or at a URL) and return the manifest written."""
     out = Location.of(out)
     records = [read_chunk_record(out, key) for key in chunk_keys]
-    staged = {entry.uri: entry for record in records for entry in record.sources}
+    # The workers' source rows, concatenated: no Python per file from here on but for duplicates.
+    staged = _sorted_by_uri(pa.concat_tables([SOURCES_SCHEMA.empty_table(), *(r.source_rows() for r in records)]))
     # Only the records these sources had, and the kept ones with the same audio, are read: not the corpus.
-    before = records_of(out, previous, staged)
-    digests = {e.audio_sha256 for e in staged.values() if e.status == "kept" and e.audio_sha256}
-    owners = [s for s in kept_with_audio(out, previous, digests) if s.uri not in before]
-    decided = _deduplicate(owners, staged)
-    # Sources whose rows a worker wrote but that the commit turned down (duplicates of audio already kept).
-    turned_down = {uri for uri, entry in staged.items() if entry.status == "kept" and decided[uri].status != "kept"}
+    before = records_of(out, previous, staged.column("uri").to_pylist())
+    owners = [s for s in kept_with_audio(out, previous, _kept_digests(staged)) if s.uri not in before]
+    decided, turned_down = _deduplicate(owners, staged)
 
     # Only the shards that can hold a row of a changed or turned-down source are read (the index says which).
     chunk_rows = [record.index_rows() for record in records]
@@ -78,10 +82,10 @@ def commit(
 
     written = decided
     if not previous.source_tables and previous.sources:  # a version-2 folder: its records move to the table
-        written = {**previous.sources, **decided}
-    source_tables = previous.source_tables
-    if written:
-        source_tables = (*source_tables, *write_source_files(out, layout.generation, list(written.values())))
+        decided_uris = set(decided.column("uri").to_pylist())
+        moved = source_rows(s for uri, s in previous.sources.items() if uri not in decided_uris)
+        written = _sorted_by_uri(pa.concat_tables([moved, decided]))
+    source_tables = (*previous.source_tables, *write_source_files(out, layout.generation, written))
 
     index_rows = [*_chunk_index_rows(chunk_rows, {s.path for s in new}), *(shard_index(out, n) for n in rewritten)]
     manifest = previous.with_changes(
@@ -92,7 +96,9 @@ def commit(
         index=updated_index(out, previous.index, index_rows, all_shards, layout.generation),
         sources=SourceRecords(out, source_tables),
         source_tables=source_tables,
-        summary=summary_after(summary_of(previous), before.values(), decided.values(), all_shards),
+        summary=summary_after(
+            summary_of(previous), sources_summary(before.values()), table_summary(decided), all_shards
+        ),
         quality_histograms=_histograms(out, previous, records, [*old_removed, *new_removed], all_shards),
         config=config.to_dict(),
         versions=versions,
@@ -106,23 +112,49 @@ def commit(
     return manifest
 
 
-def _deduplicate(kept_before: list[SourceEntry], staged: dict[str, SourceEntry]) -> dict[str, SourceEntry]:
-    """Exact duplicates of decoded audio are kept once: the first by URI, or the one already in the shards."""
-    owner = {s.audio_sha256: s for s in sorted(kept_before, key=lambda s: s.uri) if s.audio_sha256}
-    result = {}
-    for uri in sorted(staged):
-        entry = staged[uri]
-        sha = entry.audio_sha256 if entry.status == "kept" else None
-        first = owner.get(sha) if sha else None
-        if first is None:
-            if sha:
-                owner[sha] = entry
-            result[uri] = entry
-            continue
+def _sorted_by_uri(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, [("uri", "ascending")]))
+
+
+def _kept_digests(staged: pa.Table) -> set[str]:
+    digests = staged.column("audio_sha256").filter(pc.equal(staged.column("status"), "kept")).drop_null()
+    return set(pc.unique(digests).to_pylist())
+
+
+def _deduplicate(owners: list[SourceEntry], staged: pa.Table) -> tuple[pa.Table, set[str]]:
+    """Exact duplicates of decoded audio are kept once: the one already in the shards (`owners`, the first by
+    URI), else the first by URI of `staged` (source rows sorted by URI). Returns the rows decided, with the
+    others rejected as duplicates, and the URIs turned down. Python runs only for the duplicates."""
+    status, digests = staged.column("status"), staged.column("audio_sha256")
+    candidates = np.flatnonzero(pc.and_(pc.equal(status, "kept"), pc.is_valid(digests)).to_numpy(zero_copy_only=False))
+    encoded = digests.take(pa.array(candidates)).combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    shas = encoded.dictionary.to_pylist()
+    _, first_of_code = np.unique(codes, return_index=True)  # rows sorted by URI: the first is the lowest
+    owner: dict[str | None, SourceEntry] = {}
+    for source in sorted(owners, key=lambda s: s.uri):
+        owner.setdefault(source.audio_sha256, source)
+    owned = np.array([sha in owner for sha in shas], dtype=bool)
+    repeated = np.ones(len(codes), dtype=bool)
+    repeated[first_of_code] = False
+    duplicate = owned[codes] | repeated if len(codes) else repeated
+    if not duplicate.any():
+        return staged, set()
+    rows = candidates[duplicate]
+    firsts = {shas[c]: candidates[first_of_code[c]] for c in np.unique(codes[duplicate]) if not owned[c]}
+    first_entries = entries_of(staged.take(pa.array(sorted(firsts.values()), pa.int64())))
+    for sha, row in firsts.items():
+        owner.setdefault(sha, first_entries[staged.column("uri")[int(row)].as_py()])
+    rejected = []
+    for entry in entries_of(staged.take(pa.array(rows))).values():
+        first = owner[entry.audio_sha256]
         kept_id = first.utterances[0] if first.utterances else first.uri
-        error = f"{uri}: same decoded audio as {first.uri} (kept as {kept_id})"
-        result[uri] = entry.rejected_as("duplicate", error, duplicate_of=kept_id)
-    return result
+        error = f"{entry.uri}: same decoded audio as {first.uri} (kept as {kept_id})"
+        rejected.append(entry.rejected_as("duplicate", error, duplicate_of=kept_id))
+    keep = np.ones(staged.num_rows, dtype=bool)
+    keep[rows] = False
+    decided = _sorted_by_uri(pa.concat_tables([staged.filter(pa.array(keep)), source_rows(rejected)]))
+    return decided, {entry.uri for entry in rejected}
 
 
 def _chunk_index_rows(chunk_rows: list[pa.Table], shards: set[str]) -> list[pa.Table]:

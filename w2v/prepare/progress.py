@@ -32,7 +32,7 @@ def staged_progress(out: Path | Location) -> tuple[int, int | None]:
         if name == PLAN_RECORD:
             continue
         try:
-            done += len(json.loads(staging.read_bytes(name))["sources"])
+            done += int(json.loads(staging.read_bytes(name))["files"])
             finished.add(name.removesuffix(".json"))
         except (OSError, ValueError, KeyError):
             continue  # being renamed into place or cleaned up

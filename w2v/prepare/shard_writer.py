@@ -3,11 +3,11 @@
 The worker that decodes a chunk files its utterances into length buckets (edges fixed before the run) and
 writes each bucket's rows, sorted by length, as finished shards named `bBB-gGGGGG-cLABEL-NNNN.arrow`
 (bucket, generation, chunk label: its number in the run's plan and its key), each renamed into place whole.
-It then writes the chunk's index rows and its record (every source's outcome, the shards with their sizes
-and checksums, their quality histograms) into the staging folder, the record last: a chunk is done when its
-record is there and its files have the sizes the record names. The commit reads only records and index
-rows; no audio byte is copied again. Until the manifest names them, these shards are invisible to readers
-and removed by the next commit if it does not take them.
+It then writes the chunk's index rows, its sources' outcomes (source table rows) and its record (the
+shards with their sizes and checksums, their quality histograms) into the staging folder, the record last: a
+chunk is done when its record is there and its files have the sizes the record names. The commit reads
+only these staging files; no audio byte is copied again. Until the manifest names them, these shards are
+invisible to readers and removed by the next commit if it does not take them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from w2v.prepare.progress import PROGRESS_SUFFIX, STAGING_NAME
 from w2v.shards.histograms import table_histograms
 from w2v.shards.index import INDEX_SCHEMA, table_index
 from w2v.shards.location import Location
-from w2v.shards.manifest import ShardEntry, SourceEntry, source_entry_from_json, source_entry_to_json
+from w2v.shards.manifest import ShardEntry, SourceEntry
+from w2v.shards.sources import entries_of, source_rows
 from w2v.shards.table import Utterance, stream_buffer, utterance_table
 
 # How often a chunk writer tells how many of its files are done (for progress bars; chunks are large).
@@ -64,17 +65,25 @@ class ShardLayout:
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """What a finished chunk left: its sources' outcomes, its shards, and where its index rows are."""
+    """What a finished chunk left: its shards, and where its sources' outcomes and index rows are."""
 
     key: str
-    sources: tuple[SourceEntry, ...]
+    files: int
     shards: tuple[ShardEntry, ...]
     histograms: tuple[dict[str, Any], ...]  # per shard, as table_histograms
     staging: Location
 
     def index_rows(self) -> pa.Table:
         """The index rows of the chunk's shards, as the worker wrote them."""
-        return pa.ipc.open_file(pa.py_buffer(self.staging.read_bytes(index_name(self.key)))).read_all()
+        return _read_table_file(self.staging, index_name(self.key))
+
+    def source_rows(self) -> pa.Table:
+        """Its files' outcomes as source table rows (SOURCES_SCHEMA, sorted by URI), as the worker wrote them."""
+        return _read_table_file(self.staging, sources_name(self.key))
+
+    @property
+    def sources(self) -> tuple[SourceEntry, ...]:
+        return tuple(entries_of(self.source_rows()).values())
 
 
 def record_name(key: str) -> str:
@@ -83,6 +92,10 @@ def record_name(key: str) -> str:
 
 def index_name(key: str) -> str:
     return f"{key}.index.arrow"
+
+
+def sources_name(key: str) -> str:
+    return f"{key}.sources.arrow"
 
 
 def record_url(out: Path | Location, key: str) -> str:
@@ -148,9 +161,12 @@ class ChunkWriter:
             self.out.sync()  # the shards' names are durable before the record that names them
         self.staging.make()
         index_bytes = write_index_rows(self.staging, index_name(self.key), [index for *_, index, _ in self._written])
+        # The commit concatenates these tables: it runs no Python per file for them.
+        sources_bytes = write_table_file(self.staging, sources_name(self.key), source_rows(self._sources))
         record = {
             "key": self.key,
-            "sources": [source_entry_to_json(entry) for entry in self._sources],
+            "files": len(self._sources),
+            "sources_bytes": sources_bytes,
             "shards": shards,
             "index_bytes": index_bytes,
         }
@@ -193,14 +209,24 @@ def write_shard(folder: Location, name: str, table: pa.Table, bucket: int, sampl
 
 
 def write_index_rows(staging: Location, name: str, tables: list[pa.Table]) -> int:
-    """A chunk's index rows as one Arrow IPC file (not fsynced: a lost one only means decoding again)."""
+    """A chunk's index rows as one Arrow IPC file."""
     table = pa.concat_tables(tables).unify_dictionaries().combine_chunks() if tables else INDEX_SCHEMA.empty_table()
+    return write_table_file(staging, name, table)
+
+
+def write_table_file(staging: Location, name: str, table: pa.Table) -> int:
+    """`table` as an Arrow IPC file in the staging folder (not fsynced: a lost one only means decoding again);
+    returns its size, which the record names."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
+    with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     data = sink.getvalue().to_pybytes()
     staging.write_bytes(name, data, sync=False)
     return len(data)
+
+
+def _read_table_file(staging: Location, name: str) -> pa.Table:
+    return pa.ipc.open_file(pa.py_buffer(staging.read_bytes(name))).read_all()
 
 
 def chunk_is_complete(out: Path | Location, key: str) -> bool:
@@ -210,6 +236,8 @@ def chunk_is_complete(out: Path | Location, key: str) -> bool:
     try:
         record = json.loads(staging.read_bytes(record_name(key)))
         if staging.size(index_name(key)) != record["index_bytes"]:
+            return False
+        if staging.size(sources_name(key)) != record["sources_bytes"]:
             return False
         return all(folder.size(s["path"]) == s["bytes"] for s in record["shards"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -222,7 +250,7 @@ def read_chunk_record(out: Path | Location, key: str) -> ChunkRecord:
     shards = [{k: v for k, v in s.items() if k != "histograms"} for s in record["shards"]]
     return ChunkRecord(
         key=key,
-        sources=tuple(source_entry_from_json(e) for e in record["sources"]),
+        files=int(record["files"]),
         shards=tuple(ShardEntry(**s) for s in shards),
         histograms=tuple(s["histograms"] for s in record["shards"]),
         staging=staging,

@@ -32,7 +32,7 @@ from w2v.shards.manifest import (
     write_manifest,
 )
 from w2v.shards.schema import QUALITY_COLUMNS
-from w2v.shards.sources import write_source_files
+from w2v.shards.sources import source_rows, write_source_files
 from w2v.shards.table import read_stream, write_stream_atomic
 
 
@@ -91,7 +91,7 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
             config=config,
             quality_histograms=quality_histograms([dst / s.path for s in shards]),
             index=_index_of(dst, shards, manifest.generation + 1),
-            source_tables=write_source_files(dst, manifest.generation + 1, list(sources.values())),
+            source_tables=write_source_files(dst, manifest.generation + 1, source_rows(sources.values())),
             last_run={"started": now, "finished": now, "filtered_from": str(src), "removed": len(failures)},
             updated=now,
         )

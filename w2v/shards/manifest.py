@@ -284,11 +284,12 @@ def write_manifest(folder: Path | Location, manifest: Manifest) -> None:
 
 
 def summary_after(
-    before: dict[str, Any], removed: Iterable[SourceEntry], added: Iterable[SourceEntry], shards: Sequence[ShardEntry]
+    before: dict[str, Any], removed: dict[str, Any], added: dict[str, Any], shards: Sequence[ShardEntry]
 ) -> dict[str, Any]:
     """A manifest's summary (counts, seconds, seconds_removed_by_reason) after a commit replaced the records
-    `removed` by `added` and left `shards`: the cost follows the change, not the corpus."""
-    result = _combined(_combined(before, _summary_of(removed), -1), _summary_of(added), +1)
+    summed up in `removed` by those in `added` (summaries of sources alone: `sources_summary`,
+    `w2v.shards.sources.table_summary`) and left `shards`: the cost follows the change, not the corpus."""
+    result = _combined(_combined(before, removed, -1), added, +1)
     counts = result["counts"]
     # A reason is listed while some source has it, even with 0 s (a file that did not decode at all).
     present = {*counts["rejected"], *counts["filtered"], *(["short_piece"] if counts["short_pieces_dropped"] else [])}
@@ -307,7 +308,8 @@ def summary_of(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def _summary_of(sources: Iterable[SourceEntry]) -> dict[str, Any]:
+def sources_summary(sources: Iterable[SourceEntry]) -> dict[str, Any]:
+    """The summary of a manifest holding `sources` and no shard."""
     return summary_of(Manifest(sample_rate=1, sources={s.uri: s for s in sources}))
 
 

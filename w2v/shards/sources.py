@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,25 +63,68 @@ def sources_file_name(generation: int, part: int = 0) -> str:
     return f"sources-g{generation:05d}{f'-p{part:04d}' if part else ''}.parquet"
 
 
-def write_source_files(
-    folder: Path | Location, generation: int, entries: Sequence[SourceEntry]
-) -> tuple[FileEntry, ...]:
-    """Write `entries` as the generation's source table files, sorted by URI, at most SOURCE_FILE_ROWS rows
-    each (each holds a URI range, so a lookup still skips what cannot hold its URIs)."""
-    ordered = sorted(entries, key=lambda e: e.uri)
+def write_source_files(folder: Path | Location, generation: int, table: pa.Table) -> tuple[FileEntry, ...]:
+    """Write source rows (`table`, in SOURCES_SCHEMA, sorted by URI) as the generation's source table files,
+    at most SOURCE_FILE_ROWS rows each (each holds a URI range, so a lookup still skips what cannot hold its
+    URIs)."""
     return tuple(
-        write_sources(folder, sources_file_name(generation, k), ordered[start : start + SOURCE_FILE_ROWS])
-        for k, start in enumerate(range(0, len(ordered), SOURCE_FILE_ROWS))
+        write_source_table(folder, sources_file_name(generation, k), table.slice(start, SOURCE_FILE_ROWS))
+        for k, start in enumerate(range(0, table.num_rows, SOURCE_FILE_ROWS))
     )
 
 
-def write_sources(folder: Path | Location, name: str, entries: Sequence[SourceEntry]) -> FileEntry:
-    """Write `entries` as the source table file `name` in `folder`, atomically."""
+def source_rows(entries: Iterable[SourceEntry]) -> pa.Table:
+    """Source records as rows of the source table (SOURCES_SCHEMA), sorted by URI."""
     columns: dict[str, list[Any]] = {field.name: [] for field in SOURCES_SCHEMA}
     for entry in sorted(entries, key=lambda e: e.uri):
         for key, value in source_entry_to_json(entry).items():
             columns[key].append(json.dumps(value) if key == "filtered" else value)
-    return write_source_table(folder, name, pa.Table.from_pydict(columns, schema=SOURCES_SCHEMA))
+    return pa.Table.from_pydict(columns, schema=SOURCES_SCHEMA)
+
+
+def write_sources(folder: Path | Location, name: str, entries: Sequence[SourceEntry]) -> FileEntry:
+    """Write `entries` as the source table file `name` in `folder`, atomically."""
+    return write_source_table(folder, name, source_rows(entries))
+
+
+def table_summary(table: pa.Table) -> dict[str, Any]:
+    """What `summary_of` says of a manifest holding the source rows `table` and no shard, from its columns:
+    no Python per row but for the rows with pieces a quality filter removed."""
+    rejected = pc.equal(table.column("status"), "rejected")
+    is_rejected = rejected.to_numpy(zero_copy_only=False)
+    kept = pc.equal(table.column("status"), "kept")
+    reasons = pc.fill_null(table.column("reason"), "unknown").filter(rejected).to_pylist()
+    decoded = table.column("decoded_seconds").to_numpy()
+    with_pieces = table.column("filtered").filter(pc.not_equal(table.column("filtered"), "[]"))
+    pieces = [piece for text in with_pieces.to_pylist() for piece in json.loads(text)]
+    removed: dict[str, float] = defaultdict(float)
+    for reason, seconds in zip(reasons, decoded[is_rejected].tolist(), strict=True):
+        removed[reason] += seconds
+    for piece in pieces:
+        removed[piece["reason"]] += piece["seconds"]
+    dropped = table.column("dropped_seconds").to_numpy()
+    if np.any(dropped):
+        removed["short_piece"] += math.fsum(dropped)
+    return {
+        "counts": {
+            "files_seen": table.num_rows,
+            "files_kept": pc.sum(kept).as_py() or 0,
+            "utterances": 0,
+            "rejected": dict(sorted(Counter(reasons).items())),
+            "short_pieces_dropped": pc.sum(table.column("dropped_pieces")).as_py() or 0,
+            "filtered": dict(sorted(Counter(piece["reason"] for piece in pieces).items())),
+            "shards": 0,
+        },
+        "seconds": {
+            "decoded": math.fsum(decoded),
+            "kept": math.fsum(table.column("kept_seconds").to_numpy()),
+            "dropped_short": math.fsum(dropped),
+            "filtered": math.fsum(table.column("filtered_seconds").to_numpy()),
+            "rejected": math.fsum(decoded[is_rejected]),
+            "in_shards": 0,
+        },
+        "seconds_removed_by_reason": dict(sorted(removed.items())),
+    }
 
 
 def write_source_table(folder: Path | Location, name: str, table: pa.Table) -> FileEntry:

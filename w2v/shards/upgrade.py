@@ -16,7 +16,7 @@ from w2v.prepare.lock import exclusive_writer
 from w2v.shards.index import shard_index, write_index_files
 from w2v.shards.manifest import MANIFEST_NAME, Manifest, read_manifest, summary_of, write_manifest
 from w2v.shards.schema import VERSION
-from w2v.shards.sources import SourceRecords, write_source_files
+from w2v.shards.sources import SourceRecords, source_rows, write_source_files
 
 
 def folder_version(folder: Path) -> int:
@@ -37,7 +37,7 @@ def upgrade(folder: Path, now: str) -> tuple[Manifest, bool]:
             raise ManifestError(f"{folder / MANIFEST_NAME}: version {version} cannot be upgraded; prepare it again")
         generation = manifest.generation + 1
         records = dict(manifest.sources)
-        tables = write_source_files(folder, generation, list(records.values()))
+        tables = write_source_files(folder, generation, source_rows(records.values()))
         covered = {name for entry in manifest.index for name in entry.shards}
         missing = [s.path for s in manifest.shards if s.path not in covered]
         index = manifest.index
