@@ -46,7 +46,7 @@ from w2v.prepare.pipeline import prepare, shard_layout
 from w2v.prepare.process import SourceTask, plan_chunks
 from w2v.shards.manifest import Manifest
 from w2v.shards.reader import open_table
-from w2v.storage import list_sources
+from w2v.listing import list_sources
 
 SENTENCES = [
     ("The committee will meet again on Thursday to review the budget.", "en-us"),

@@ -1,8 +1,9 @@
 """prepare-corpus: raw audio → verified, memory-mapped, length-bucketed shards with a manifest.
 
-plan (list sources, skip what the shards already hold, fix the bucket edges) → decode chunks in worker
-processes, each writing its final shards → commit (deduplicate, index, rejects and manifest; no audio copied)
-→ publish a corpus report on the flow run.
+list the sources (in parts, on the workers) → plan (skip what the shards already hold, fix the bucket edges)
+→ decode chunks in worker processes, each writing its final shards → commit (deduplicate, index, rejects and
+manifest; no audio copied) → publish a corpus report on the flow run. With a Dask cluster every step but the
+flow itself runs on its workers.
 """
 
 from __future__ import annotations
@@ -10,42 +11,85 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.credentials import StorageAccess, StorageOptions
 from flows.retries import retry_unless_permanent
 from w2v.errors import W2VError
+from w2v.listing import (
+    ListingPart,
+    list_part,
+    list_sources,
+    listed_sources,
+    listing_table,
+    merge_listings,
+    split_sources,
+)
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import CHUNKS_PER_CHILD, child_processes, process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
-from w2v.prepare.pipeline import RunPlan, commit_run, plan_run, utc_now
+from w2v.prepare.metadata import load_metadata
+from w2v.prepare.pipeline import CommitPlan, RunPlan, commit_run, plan_listed, utc_now
 from w2v.prepare.process import Chunk
 from w2v.prepare.report import corpus_report_markdown, run_summary
 from w2v.prepare.shard_writer import STAGING_NAME, ShardLayout, chunk_is_complete
 from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest
 
+RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_permanent}
 # Chunk records make every task idempotent; decode-chunk also shows up as Cached in Prefect when its chunk is done.
 
 
-@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent)
+@task(
+    name="list-sources",
+    cache_policy=NO_CACHE,
+    **RETRIED,
+)
+def list_here(sources: list[str], storage: StorageAccess) -> pa.Table:
+    """Every source, listed in parts on threads of this process (w2v.listing)."""
+    return listing_table(list_sources(sources, storage.options()))
+
+
+@task(
+    name="split-sources",
+    cache_policy=NO_CACHE,
+    **RETRIED,
+)
+def split(sources: list[str], storage: StorageAccess) -> list[ListingPart]:
+    return split_sources(sources, storage.options())
+
+
+@task(
+    name="list-part",
+    task_run_name="list-{part.kind}-{part.where}",
+    cache_policy=NO_CACHE,
+    **RETRIED,
+)
+def list_one_part(part: ListingPart, storage: StorageAccess) -> pa.Table:
+    return listing_table(list_part(part, storage.options()))
+
+
+@task(name="plan", cache_policy=NO_CACHE, **RETRIED)
 def plan(
-    sources: list[str],
+    listed: pa.Table,
     out: Location,
     config: PrepareConfig,
     metadata: Path | None,
     storage: StorageAccess,
 ) -> RunPlan:
-    run_plan = plan_run(sources, out, config, metadata, storage.options())
+    rows = load_metadata(metadata) if metadata else {}
+    run_plan = plan_listed(listed_sources(listed), out, config, rows, storage.options())
     get_run_logger().info(
         "%d files listed, %d unchanged, %d to decode in %d chunks",
         run_plan.listed,
@@ -91,7 +135,7 @@ def decode_chunk(
 
 
 @task(name="commit", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def commit(run_plan: RunPlan, config: PrepareConfig, started: str, storage: StorageAccess) -> Manifest:
+def commit(run_plan: CommitPlan, config: PrepareConfig, started: str, storage: StorageAccess) -> Manifest:
     return commit_run(run_plan, config, started, storage.options())
 
 
@@ -147,24 +191,23 @@ def prepare_corpus(
         quality=quality if quality is not None else QualityThresholds(),
     )
     folder = Location.of(out, storage.storage_options)  # no credentials: it is a task parameter
-    with exclusive_writer(Location.of(folder, storage.options())):
-        run_plan = plan(sources, folder, config, Path(metadata) if metadata else None, storage)
-        decode_all(run_plan, config, workers, storage, dask_address)
-        manifest = commit(run_plan, config, started, storage)
+    with exclusive_writer(Location.of(folder, storage.options())), task_runner(workers, dask_address) as runner:
+        listed = list_all(sources, runner, storage, spread=dask_address is not None)
+        where = {"out": folder, "config": config, "storage": storage}
+        given = {"listed": listed, "metadata": Path(metadata) if metadata else None, **where}
+        run_plan = runner.submit(plan, given).result()
+        decode_all(run_plan, config, runner, storage)
+        given = {"run_plan": run_plan.for_commit(), "config": config, "started": started, "storage": storage}
+        manifest = runner.submit(commit, given).result()
     publish_report(manifest, folder, storage)
     return run_summary(manifest)
 
 
-def decode_all(
-    run_plan: RunPlan,
-    config: PrepareConfig,
-    workers: int | None,
-    storage: StorageAccess,
-    dask_address: str | None = None,
-) -> None:
-    """Submit one decode-chunk task per chunk to `workers` child processes here, two at a time each (one
-    decoding, one being written; w2v.prepare.isolated), or to a Dask cluster's workers."""
-    runner: Any
+@contextlib.contextmanager
+def task_runner(workers: int | None, dask_address: str | None) -> Iterator[TaskRunner[Any]]:
+    """A Dask cluster's workers, or `workers` child processes here served by twice as many threads (one
+    chunk decoding and one being written per child; w2v.prepare.isolated)."""
+    runner: TaskRunner[Any]
     processes: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if dask_address:
         try:
@@ -177,17 +220,33 @@ def decode_all(
         runner = ThreadPoolTaskRunner(max_workers=CHUNKS_PER_CHILD * children)
         processes = child_processes(children)
     with processes, runner:
-        parameters = {"config": config, "layout": run_plan.layout, "out": run_plan.out, "storage": storage}
-        futures: list[PrefectFuture[str]] = [
-            runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first
-        ]
-        for future in futures:
+        yield runner
+
+
+def list_all(sources: list[str], runner: TaskRunner[Any], storage: StorageAccess, spread: bool) -> pa.Table:
+    """The sources (w2v.listing's table), listed by one task here, or (`spread`) split into parts listed by
+    the runner's workers."""
+    if not spread:
+        return list_here(sources, storage)
+    parts = split(sources, storage)
+    futures = [runner.submit(list_one_part, {"part": part, "storage": storage}) for part in parts]
+    return listing_table(merge_listings(sources, parts, [listed_sources(future.result()) for future in futures]))
+
+
+def decode_all(run_plan: RunPlan, config: PrepareConfig, runner: TaskRunner[Any], storage: StorageAccess) -> None:
+    """Submit one decode-chunk task per chunk to the runner, biggest first; then decode again any chunk whose
+    cached output has since gone."""
+    parameters = {"config": config, "layout": run_plan.layout, "out": run_plan.out, "storage": storage}
+    futures: list[PrefectFuture[str]] = [
+        runner.submit(decode_chunk, {"chunk": chunk, **parameters}) for chunk in run_plan.chunks_largest_first
+    ]
+    for future in futures:
+        future.result()
+    # A cache hit whose output is gone (the folder was cleaned): decode those chunks again.
+    folder = Location.of(run_plan.out, storage.options())
+    stale = [c for c in run_plan.chunks_largest_first if not chunk_is_complete(folder, c.key)]
+    if stale:
+        get_run_logger().warning("%d cached chunks lost their output: decoding them again", len(stale))
+        again = decode_chunk.with_options(refresh_cache=True)
+        for future in [runner.submit(again, {"chunk": c, **parameters}) for c in stale]:
             future.result()
-        # A cache hit whose output is gone (the folder was cleaned): decode those chunks again.
-        folder = Location.of(run_plan.out, storage.options())
-        stale = [c for c in run_plan.chunks_largest_first if not chunk_is_complete(folder, c.key)]
-        if stale:
-            get_run_logger().warning("%d cached chunks lost their output: decoding them again", len(stale))
-            again = decode_chunk.with_options(refresh_cache=True)
-            for future in [runner.submit(again, {"chunk": c, **parameters}) for c in stale]:
-                future.result()

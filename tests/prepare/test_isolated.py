@@ -127,7 +127,7 @@ from w2v.prepare.isolated import process_chunk_isolated
 from w2v.prepare.pipeline import shard_layout
 from w2v.prepare.process import Chunk, SourceTask
 from w2v.shards.manifest import Manifest
-from w2v.storage import list_sources
+from w2v.listing import list_sources
 chunk = Chunk(key="k", tasks=tuple(SourceTask(s) for s in list_sources([{str(wav)!r}])))
 layout = shard_layout(Manifest(sample_rate=16_000), PrepareConfig())
 try:

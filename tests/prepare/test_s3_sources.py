@@ -10,6 +10,7 @@ import s3fs
 
 from tests.conftest import Corpus
 from tests.servers import S3Server, moto_s3_server
+from w2v.listing import list_sources, split_sources
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.pipeline import prepare
 from w2v.shards.reader import open_table
@@ -49,3 +50,19 @@ def test_prepare_reads_an_s3_prefix_and_skips_unchanged_objects_by_etag(
     fs.put(str(corpus.path("speech.ogg")), "raw-audio/corpus/speech.ogg")
     again = prepare(["s3://raw-audio/corpus/"], out, config, workers=2, storage_options=s3.storage_options)
     assert again.last_run["files_decoded"] == 1 and again.last_run["files_unchanged"] == 4
+
+
+def test_a_prefix_is_listed_in_parts_with_each_objects_etag(s3: S3Server) -> None:
+    fs = s3fs.S3FileSystem(**s3.storage_options)  # type: ignore[arg-type]
+    fs.mkdir("nested")
+    keys = {"top.wav", "notes.txt", *(f"s{s}/c{c}/{k}.flac" for s in range(3) for c in range(2) for k in range(2))}
+    for key in keys:
+        fs.pipe_file(f"nested/corpus/{key}", key.encode())
+    parts = split_sources(["s3://nested/corpus/"], s3.storage_options, parts=6)
+    assert len(parts) >= 6 and {p.kind for p in parts} == {"top", "tree"}
+    sources = list_sources(["s3://nested/corpus/"], s3.storage_options)
+    audio = sorted(k for k in keys if not k.endswith(".txt"))
+    assert [s.uri for s in sources] == [f"s3://nested/corpus/{k}" for k in audio]
+    assert all(
+        s.etag == fs.info(s.uri)["ETag"].strip('"') and s.size == len(s.uri.split("corpus/")[1]) for s in sources
+    )

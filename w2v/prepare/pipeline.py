@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -21,11 +21,12 @@ import soxr
 
 import w2v
 from w2v.errors import ManifestError
+from w2v.listing import list_sources
 from w2v.prepare.buckets import log_spaced_edges
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.isolated import CHUNKS_PER_CHILD, child_processes, process_chunk_isolated
 from w2v.prepare.lock import exclusive_writer
-from w2v.prepare.metadata import load_metadata
+from w2v.prepare.metadata import Metadata, load_metadata
 from w2v.prepare.pack import commit
 from w2v.prepare.process import Chunk, SourceTask, plan_chunks
 from w2v.prepare.progress import STAGING_NAME, write_plan_record
@@ -33,7 +34,7 @@ from w2v.prepare.shard_writer import ShardLayout
 from w2v.shards.location import Location
 from w2v.shards.manifest import Manifest, read_manifest_or_none
 from w2v.shards.sources import Fingerprint, fingerprints
-from w2v.storage import list_sources
+from w2v.storage import Source
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,31 @@ class RunPlan:
     def files_to_decode(self) -> int:
         return sum(len(c.tasks) for c in self.chunks)
 
+    def for_commit(self) -> CommitPlan:
+        """What the commit needs of this plan: the chunks' keys, not their files."""
+        return CommitPlan(
+            out=self.out,
+            previous=self.previous,
+            layout=self.layout,
+            chunk_keys=tuple(c.key for c in self.chunks),
+            listed=self.listed,
+            unchanged=self.unchanged,
+            files_to_decode=self.files_to_decode,
+        )
+
+
+@dataclass(frozen=True)
+class CommitPlan:
+    """A RunPlan without its files' lists (small enough to hand to any worker): what the commit reads."""
+
+    out: Location
+    previous: Manifest
+    layout: ShardLayout
+    chunk_keys: tuple[str, ...]
+    listed: int
+    unchanged: int
+    files_to_decode: int
+
 
 def plan_run(
     sources: list[str],
@@ -70,16 +96,29 @@ def plan_run(
     metadata_path: Path | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> RunPlan:
-    """List the sources and keep those the shard folder (local or at a URL) does not already hold in this
-    exact version. `storage_options` serve both the sources and the folder."""
+    """List the sources (w2v.listing: in parts, on threads) and plan what to decode: `plan_listed`."""
+    metadata = load_metadata(metadata_path) if metadata_path else {}
+    return plan_listed(list_sources(sources, storage_options), out, config, metadata, storage_options)
+
+
+def plan_listed(
+    listed: list[Source],
+    out: Path | str | Location,
+    config: PrepareConfig,
+    metadata: Mapping[str, Metadata] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RunPlan:
+    """Keep the listed files the shard folder (local or at a URL) does not already hold in this exact
+    version (with the same `metadata` row, by URI), and cut them into chunks. `storage_options` serve the
+    folder. Raises ManifestError when the folder was prepared with other decode settings."""
     folder = Location.of(out, storage_options)
     previous = read_manifest_or_none(folder)
     if previous is None:
         previous = Manifest(sample_rate=config.sample_rate)
     else:
         check_compatible(previous, config, folder.root)
-    metadata = load_metadata(metadata_path) if metadata_path else {}
-    tasks = [SourceTask(s, metadata.get(s.uri)) for s in list_sources(sources, storage_options)]
+    metadata = metadata or {}
+    tasks = [SourceTask(s, metadata.get(s.uri)) for s in listed]
     known = fingerprints(folder, previous)
     todo = [t for t in tasks if known.get(t.source.uri) != _fingerprint(t)]
     layout = shard_layout(previous, config)
@@ -127,8 +166,10 @@ def _fingerprint(task: SourceTask) -> Fingerprint:
 
 
 def commit_run(
-    plan: RunPlan, config: PrepareConfig, started: str, storage_options: dict[str, Any] | None = None
+    run_plan: RunPlan | CommitPlan, config: PrepareConfig, started: str, storage_options: dict[str, Any] | None = None
 ) -> Manifest:
+    """Commit what the plan's chunks wrote (w2v.prepare.pack.commit); returns the new manifest."""
+    plan = run_plan.for_commit() if isinstance(run_plan, RunPlan) else run_plan
     now = utc_now()
     last_run = {
         "started": started,
@@ -137,9 +178,8 @@ def commit_run(
         "files_unchanged": plan.unchanged,
         "files_decoded": plan.files_to_decode,
     }
-    keys = [c.key for c in plan.chunks]
     folder = Location.of(plan.out, storage_options)
-    return commit(folder, plan.previous, keys, config, plan.layout, library_versions(), last_run, now)
+    return commit(folder, plan.previous, list(plan.chunk_keys), config, plan.layout, library_versions(), last_run, now)
 
 
 def prepare(
