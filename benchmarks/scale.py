@@ -15,6 +15,9 @@ scaled linearly in files.
 (b) `--synthetic N`: a folder of N indexed utterances without audio (benchmarks/synthetic_index.py), opened
 as training opens it, one epoch planned, the stream sought to its middle and held-out recordings split off,
 in a fresh process (its peak RSS is the corpus's); reported under "synthetic".
+(c) `--shard-list N`: the manifest of a folder of N shards (1.8 M at 10^6 hours), its shard list inline as JSON
+against columnar shard list files: bytes; the time to read the manifest and its summary (what planning, reports
+and inspect read), then every shard's entry; each in a fresh process; reported under "shard_list".
 Usage: python benchmarks/scale.py [--files 10000] [--workers 2] [--corpus DIR]
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -299,6 +303,44 @@ def synthetic(utterances: int) -> dict[str, Any]:
     }
 
 
+def shard_list(shards: int) -> dict[str, Any]:
+    """Part (c): manifest.json with `shards` shards inline, against the same with shard list files."""
+    from w2v.shards import shard_list as lists
+    from w2v.shards.manifest import Manifest, ShardEntry, write_manifest
+
+    def entry(k: int) -> ShardEntry:
+        digest = hashlib.sha256(k.to_bytes(8, "big")).hexdigest()  # checksums do not compress
+        return ShardEntry(f"b{k % 8:02d}-g00001-{digest[:12]}-{k:06d}.arrow", k % 8, 1600, 6000.0, 1 << 26, digest)
+
+    entries = tuple(entry(k) for k in range(shards))
+    figures: dict[str, Any] = {"shards": shards}
+    with tempfile.TemporaryDirectory(prefix="w2v-shard-list-") as tmp:
+        for form, inline in (("json", shards + 1), ("columnar", lists.SHARDS_INLINE)):
+            folder = Path(tmp) / form
+            folder.mkdir()
+            lists.SHARDS_INLINE = inline
+            written = write_manifest(folder, Manifest(sample_rate=16_000, generation=1, shards=entries))
+            metadata = [folder / "manifest.json", *(folder / t.path for t in written.shard_tables)]
+            code = (
+                "import sys, time; sys.path.insert(0, sys.argv[2]); from benchmarks.memory import own_peak_rss_mb; "
+                "from w2v.shards.manifest import read_manifest; t = time.perf_counter(); "
+                "m = read_manifest(sys.argv[1]); m.counts(); u = time.perf_counter(); "
+                "paths = [s.path for s in m.shards]; "
+                "print(u - t, time.perf_counter() - t, own_peak_rss_mb())"
+            )
+            command = [sys.executable, "-c", code, str(folder), str(Path(__file__).resolve().parents[1])]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            summary_seconds, seconds, rss = map(float, done.stdout.split())
+            figures[form] = {
+                "bytes": sum(p.stat().st_size for p in metadata),
+                "manifest_bytes": metadata[0].stat().st_size,
+                "manifest_and_summary_s": round(summary_seconds, 3),
+                "every_shard_read_s": round(seconds, 3),
+                "reader_peak_rss_mb": round(rss, 1),
+            }
+    return figures
+
+
 def source_lookups(folder: Path, uris: int = 1_000) -> dict[str, float]:
     """What a prepare run reads of the source table: every fingerprint (planning), and the records of a
     nightly run's `uris` changed files (the commit)."""
@@ -325,6 +367,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--corpus", type=Path, help="where the generated files are kept and reused")
     parser.add_argument("--sample-rate", type=int, default=16_000, help="of the generated files (16000 or 22050)")
     parser.add_argument("--synthetic", type=int, metavar="N", help="part b: open and plan N indexed rows, no audio")
+    parser.add_argument("--shard-list", type=int, metavar="N", help="part c: a manifest of N shards, JSON or columnar")
     parser.add_argument("--measure-synthetic", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--inner", type=int, metavar="FD", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -339,6 +382,13 @@ def main() -> dict[str, Any]:
         return measure(args.measure_synthetic)
     if args.synthetic is not None:
         return synthetic(args.synthetic)
+    if args.shard_list is not None:
+        return {
+            "benchmark": "scale",
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+            "shard_list": shard_list(args.shard_list),
+        }
     if args.files < 1 or args.workers < 1:
         parser.error("--files and --workers must be at least 1")
 

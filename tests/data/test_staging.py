@@ -19,6 +19,7 @@ from w2v.data.mixture import open_corpora
 from w2v.data.plan import BatchConfig
 from w2v.data.staging import default_cache_dir, stage_shards
 from w2v.errors import ShardError
+from w2v.shards import shard_list
 from w2v.shards.manifest import read_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -133,3 +134,17 @@ def test_staged_shards_are_not_hashed_again_and_a_cache_damaged_at_rest_is_fetch
     assert again.fetched_bytes == entry.bytes
     assert (again.folder / entry.path).read_bytes() == (folder / entry.path).read_bytes()
     assert stage_shards(str(again.folder), cache).hashed_bytes == 0
+
+
+def test_a_folder_whose_shards_are_listed_in_a_table_stages_and_opens(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_list, "SHARDS_INLINE", 2)
+    folder = write_shard_folder(tmp_path / "local", LENGTHS, rows_per_shard=20)
+    listed = read_manifest(folder)
+    assert len(listed.shard_tables) == 1 and len(listed.shards) == 3
+    _upload(s3, folder, "listed")
+    staged = stage_shards("s3://listed/corpus", tmp_path / "cache", s3.storage_options)
+    assert staged.shards == 3
+    assert staged.fetched_bytes == sum(f.bytes for f in listed.training_files)  # the shard list came too
+    assert ShardCorpus(staged.folder).num_samples.tolist() == LENGTHS

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from w2v.atomic import write_text_atomic
 from w2v.errors import ShardError
-from w2v.shards.manifest import IndexEntry, ShardEntry, read_manifest
+from w2v.shards.manifest import StoredFile, read_manifest
 from w2v.shards.verify import file_problem
 
 logger = logging.getLogger("w2v.data")
@@ -71,16 +71,14 @@ def check_local_shards(folder: Path, records_dir: Path, workers: int | None = No
     return checked
 
 
-def check_shards(
-    folder: Path, entries: Sequence[ShardEntry | IndexEntry], records_dir: Path, workers: int | None = None
-) -> Checked:
+def check_shards(folder: Path, entries: Sequence[StoredFile], records_dir: Path, workers: int | None = None) -> Checked:
     """Check the shards `entries` of `folder` that the record does not vouch for (in parallel), and record
     those that match; the others are in `Checked.problems`."""
     started = time.perf_counter()
     folder = Path(folder)
     with _locked_record(folder, records_dir) as record:
         known = record.read()
-        unknown: list[tuple[ShardEntry | IndexEntry, FileState | None]] = []
+        unknown: list[tuple[StoredFile, FileState | None]] = []
         for entry in entries:
             state = file_state(folder / entry.path, entry.sha256)
             if state is None or known.get(entry.path) != state:
@@ -113,14 +111,14 @@ def check_shards(
     )
 
 
-def remember_checked(folder: Path, entries: Iterable[ShardEntry | IndexEntry], records_dir: Path) -> None:
+def remember_checked(folder: Path, entries: Iterable[StoredFile], records_dir: Path) -> None:
     """Record shards of `folder` that were just hashed to their manifest sha256 by someone else (staging)."""
     with _locked_record(folder, records_dir) as record:
         states = {e.path: file_state(Path(folder) / e.path, e.sha256) for e in entries}
         record.write({**record.read(), **{path: s for path, s in states.items() if s is not None}})
 
 
-def _problem(folder: Path, entry: ShardEntry | IndexEntry) -> str | None:
+def _problem(folder: Path, entry: StoredFile) -> str | None:
     try:
         return file_problem(folder, entry.path, entry.bytes, entry.sha256)
     except OSError as error:  # unreadable (permissions, I/O error): a problem to name, not a traceback

@@ -25,7 +25,7 @@ from w2v.atomic import write_text_atomic
 from w2v.data.integrity import check_local_shards, check_shards, exclusive, remember_checked
 from w2v.errors import ShardError
 from w2v.shards.location import Location
-from w2v.shards.manifest import MANIFEST_NAME, IndexEntry, ShardEntry, manifest_from_json
+from w2v.shards.manifest import MANIFEST_NAME, StoredFile, manifest_from_json
 from w2v.shards.table import sha256_file
 from w2v.storage import is_url
 
@@ -105,7 +105,7 @@ def stage_shards(
         write_text_atomic(local / MANIFEST_NAME, text)
         remember_checked(local, arriving, records)
         keep = {entry.path for entry in manifest.training_files}
-        for path in local.glob("*.arrow"):
+        for path in [*local.glob("*.arrow"), *local.glob("*.parquet")]:
             if path.name not in keep:
                 path.unlink()
                 path.with_name(path.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
@@ -113,7 +113,7 @@ def stage_shards(
     return Staged(local, fetched, len(manifest.shards), hashed)
 
 
-def fetch_shard(fs: Any, remote: str, target: Path, entry: ShardEntry | IndexEntry, location: str) -> int:
+def fetch_shard(fs: Any, remote: str, target: Path, entry: StoredFile, location: str) -> int:
     """Make `target` a checked copy of `remote`; returns the bytes downloaded."""
     if _marked(target, entry):
         return 0
@@ -149,7 +149,7 @@ def _download(fs: Any, remote: str, part: Path) -> int:
     return fetched
 
 
-def _marked(target: Path, entry: ShardEntry | IndexEntry) -> bool:
+def _marked(target: Path, entry: StoredFile) -> bool:
     """Whether an earlier staging fetched and checked `target` (its marker names the manifest's sha256)."""
     marker = target.with_name(target.name + VERIFIED_SUFFIX)
     size = target.stat().st_size if target.exists() else None

@@ -47,7 +47,7 @@ from w2v.shards.sources import (
     write_source_files,
 )
 
-FILE_GLOBS = ("*.arrow", "sources-*.parquet")
+FILE_GLOBS = ("*.arrow", "sources-*.parquet", "shards-*.parquet")
 
 
 def commit(
@@ -107,7 +107,7 @@ def commit(
         updated=now,
     )
     out.write_bytes(REJECTS_NAME, rejects_jsonl(with_rejects(out, manifest)).encode())
-    write_manifest(out, manifest)
+    manifest = write_manifest(out, manifest)
     remove_unreferenced(out, manifest)
     return manifest
 
@@ -232,7 +232,7 @@ def _histograms(
 
 def _shards_without(
     out: Location,
-    shards: list[ShardEntry] | tuple[ShardEntry, ...],
+    shards: Sequence[ShardEntry],
     gone: set[str],
     layout: ShardLayout,
     candidates: set[str],
@@ -265,7 +265,7 @@ def _shards_without(
 
 
 def remove_unreferenced(out: Path | Location, manifest: Manifest) -> None:
-    """Delete shards, index files and source tables no manifest names (superseded, or left by a crash),
+    """Delete shards, index files, source tables and shard lists no manifest names (superseded, or left by a crash),
     temporaries, and the staging area."""
     out = Location.of(out)
     referenced = {f.path for f in manifest.files}

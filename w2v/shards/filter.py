@@ -96,7 +96,7 @@ def filter_folder(src: Path, dst: Path, thresholds: QualityThresholds, now: str)
             updated=now,
         )
         write_text_atomic(dst / REJECTS_NAME, rejects_jsonl(sources.values()))
-        write_manifest(dst, filtered)
+        filtered = write_manifest(dst, filtered)
     return filtered
 
 

@@ -52,6 +52,9 @@ class IndexEntry:
     shards: tuple[str, ...]  # the shards whose utterances it holds
 
 
+StoredFile = ShardEntry | IndexEntry | FileEntry  # a file the manifest names with its size and checksum
+
+
 @dataclass(frozen=True)
 class SourceEntry:
     """One raw file and what prepare made of it."""
@@ -104,11 +107,13 @@ class Manifest:
     sample_rate: int
     generation: int = 0
     bucket_edges_seconds: tuple[float, ...] = ()
-    shards: tuple[ShardEntry, ...] = ()
+    # Inline, or read from the shard list files on first use once there are many (w2v.shards.shard_list).
+    shards: Sequence[ShardEntry] = ()
     index: tuple[IndexEntry, ...] = ()
     # Read from the source table files on first use (w2v.shards.sources); a dict while a commit builds one.
     sources: Mapping[str, SourceEntry] = field(default_factory=dict)
     source_tables: tuple[FileEntry, ...] = ()
+    shard_tables: tuple[FileEntry, ...] = ()  # set by write_manifest: the shard list's files, when not inline
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
@@ -120,14 +125,15 @@ class Manifest:
     summary: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
-    def files(self) -> tuple[ShardEntry | IndexEntry | FileEntry, ...]:
-        """Every file the folder holds besides manifest and rejects: shards, index files, source tables."""
-        return (*self.shards, *self.index, *self.source_tables)
+    def files(self) -> tuple[StoredFile, ...]:
+        """Every file the folder holds besides manifest and rejects: shards, index files, source tables and
+        shard list files."""
+        return (*self.shards, *self.index, *self.source_tables, *self.shard_tables)
 
     @property
-    def training_files(self) -> tuple[ShardEntry | IndexEntry, ...]:
-        """The files training reads: the shards, then the index files."""
-        return (*self.shards, *self.index)
+    def training_files(self) -> tuple[StoredFile, ...]:
+        """The files training reads: the shard list files (if any), the shards, then the index files."""
+        return (*self.shard_tables, *self.shards, *self.index)
 
     @property
     def kept_sources(self) -> list[SourceEntry]:
@@ -193,7 +199,11 @@ class Manifest:
             "seconds": self.seconds(),
             "seconds_removed_by_reason": self.seconds_removed_by_reason(),
             "bucket_edges_seconds": list(self.bucket_edges_seconds),
-            "shards": [asdict(s) for s in self.shards],
+            **(
+                {"shard_tables": [asdict(t) for t in self.shard_tables]}
+                if self.shard_tables
+                else {"shards": [asdict(s) for s in self.shards]}
+            ),
             "index": [{**asdict(i), "shards": list(i.shards)} for i in self.index],
             "source_tables": [asdict(t) for t in self.source_tables],
             "config": self.config,
@@ -241,11 +251,20 @@ def manifest_from_json(data: dict[str, Any], where: str, folder: Path | Location
 
             sources = SourceRecords(folder if folder is not None else Path(where).parent, tables)
         summary: dict[str, Any] = {k: data[k] for k in ("counts", "seconds", "seconds_removed_by_reason") if k in data}
+        shard_tables = tuple(FileEntry(**t) for t in data.get("shard_tables", []))
+        shards: Sequence[ShardEntry]
+        if shard_tables:
+            from w2v.shards.shard_list import ShardList  # it builds on this module
+
+            shards = ShardList(folder if folder is not None else Path(where).parent, shard_tables)
+        else:
+            shards = tuple(ShardEntry(**s) for s in data["shards"])
         return Manifest(
             sample_rate=int(data["sample_rate"]),
             generation=int(data["generation"]),
             bucket_edges_seconds=tuple(float(e) for e in data["bucket_edges_seconds"]),
-            shards=tuple(ShardEntry(**s) for s in data["shards"]),
+            shards=shards,
+            shard_tables=shard_tables,
             index=tuple(IndexEntry(**{**i, "shards": tuple(i["shards"])}) for i in data.get("index", [])),
             sources=sources,
             source_tables=tables,
@@ -278,9 +297,18 @@ def read_manifest_or_none(folder: Path | Location) -> Manifest | None:
     return read_manifest(folder) if Location.of(folder).exists(MANIFEST_NAME) else None
 
 
-def write_manifest(folder: Path | Location, manifest: Manifest) -> None:
-    """Switch the folder to `manifest`: locally a rename, in a store one put (both atomic for readers)."""
+def write_manifest(folder: Path | Location, manifest: Manifest) -> Manifest:
+    """Switch the folder to `manifest`: locally a rename, in a store one put (both atomic for readers). A long
+    shard list goes to its own files first (w2v.shards.shard_list). Returns the manifest as written: its
+    `shard_tables` name those files, so that what no manifest names can be removed."""
+    from w2v.shards.shard_list import SHARDS_INLINE, ShardList, write_shard_list  # it builds on this module
+
+    if len(manifest.shards) <= SHARDS_INLINE:
+        manifest = replace(manifest, shards=tuple(manifest.shards), shard_tables=())
+    elif not (isinstance(manifest.shards, ShardList) and manifest.shards.files == manifest.shard_tables):
+        manifest = replace(manifest, shard_tables=write_shard_list(folder, manifest.generation, manifest.shards))
     Location.of(folder).write_bytes(MANIFEST_NAME, (json.dumps(manifest.to_json(), indent=1) + "\n").encode())
+    return manifest
 
 
 def summary_after(

@@ -53,5 +53,5 @@ def upgrade(folder: Path, now: str) -> tuple[Manifest, bool]:
             last_run={"started": now, "finished": now, "upgraded_from_version": version},
             updated=now,
         )
-        write_manifest(folder, upgraded)
+        upgraded = write_manifest(folder, upgraded)
         return upgraded, True

@@ -34,6 +34,10 @@ def _problems(folder: Location, manifest: Manifest) -> Iterator[str]:
     seen_ids: set[str] = set()
     scanned: dict[str, pa.Table] = {}  # each shard's index rows, as read: the index is checked against them
     all_read = True
+    listed = [file_problem(folder, t.path, t.bytes, t.sha256) for t in manifest.shard_tables]
+    if any(listed):  # without its shard list the folder's shards are unknown
+        yield from (problem for problem in listed if problem is not None)
+        return
     for entry in manifest.shards:
         path = folder.url(entry.path)
         problem, table = _checked_shard(folder, entry.path, entry.bytes, entry.sha256)
