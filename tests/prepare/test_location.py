@@ -252,3 +252,24 @@ def test_a_held_lease_is_renewed_and_a_run_whose_lease_was_taken_says_so(
         folder.write_bytes(LOCK_NAME, json.dumps(other).encode())  # as if this run had paused past its lease
         time.sleep(1.0)
     assert json.loads(folder.read_bytes(LOCK_NAME))["token"] == "other"  # the other run's lease is left alone
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_of_two_runs_that_find_the_same_expired_lease_only_one_takes_it(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3fs.S3FileSystem(**s3.storage_options).mkdir("raced")  # type: ignore[arg-type]
+    folder = Location.of("s3://raced/corpus", s3.storage_options)
+    dead = {"token": "dead", "host": "gone", "pid": 1, "renewed": time.time() - LEASE_SECONDS - 1}
+    folder.write_bytes(LOCK_NAME, json.dumps(dead).encode())
+    seen = folder.version(LOCK_NAME)
+    assert folder.replace_if_version(LOCK_NAME, b"{}", "0" * 32) is None  # not the version there: refused
+
+    lock._take_over_if_expired(folder, "first")
+    # The second run read the expired lease, and its version, before the first replaced it.
+    monkeypatch.setattr(Location, "version", lambda self, name: seen)
+    monkeypatch.setattr(lock, "_read_lease", lambda place: dead)
+    with pytest.raises(FolderBusy, match="took over this folder's expired lease just now"):
+        lock._take_over_if_expired(folder, "second")
+    assert json.loads(folder.read_bytes(LOCK_NAME))["token"] == "first"

@@ -3,8 +3,9 @@
 A local folder is locked with flock: the kernel drops the lock when its process dies, so a crash never
 leaves it held. A folder at a URL has no such lock, so a run holds a lease there: a `.lock` object created
 only if absent (a conditional put, decided by the store), renewed while the run lives, and taken over once
-it has not been renewed for LEASE_SECONDS (its run died). Two runs that find the same stale lease within a
-renewal of each other could both take it over; a live run's lease is never taken.
+it has not been renewed for LEASE_SECONDS (its run died). Taking over and renewing are conditional puts too,
+on the version (ETag) last seen: of two runs that find the same stale lease only one takes it, and a run
+that paused past its lease never overwrites the lease another run took meanwhile.
 """
 
 from __future__ import annotations
@@ -77,19 +78,7 @@ def _lease(place: Location) -> Iterator[None]:
             "%s: %s:// may not create objects atomically; the writer lease is best-effort", place.root, protocol
         )
     if not place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
-        try:
-            holder = _read_lease(place)
-        except OSError as error:
-            raise FolderBusy(f"{place.root}: cannot read its writer lease ({error}); try again") from error
-        age = time.time() - float(holder.get("renewed", 0.0)) if holder else LEASE_SECONDS  # released meanwhile
-        if age < LEASE_SECONDS:
-            raise FolderBusy(
-                f"{place.root}: another w2v prepare (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
-                f"lease renewed {age:.0f} s ago) is writing this folder; wait for it or use another --out"
-            )
-        place.remove(LOCK_NAME)  # its run died: the lease ran out
-        if not place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
-            raise FolderBusy(f"{place.root}: another w2v prepare took over this folder's expired lease just now")
+        _take_over_if_expired(place, token)
     stop, lost = threading.Event(), threading.Event()
     renewer = threading.Thread(target=_renew, args=(place, token, stop, lost), name="w2v-lease", daemon=True)
     renewer.start()
@@ -111,15 +100,49 @@ def _lease(place: Location) -> Iterator[None]:
             )
 
 
+def _take_over_if_expired(place: Location, token: str) -> None:
+    """Replace a lease that ran out (its run died) with this run's, if no other run replaced it first.
+    Raises FolderBusy when the lease is live, or when another run took it over first."""
+    try:
+        version = place.version(LOCK_NAME)  # before reading it: a lease renewed since then fails the put
+        holder = _read_lease(place)
+    except FileNotFoundError:
+        version, holder = "", {}
+    except OSError as error:
+        raise FolderBusy(f"{place.root}: cannot read its writer lease ({error}); try again") from error
+    age = time.time() - float(holder.get("renewed", 0.0)) if holder else LEASE_SECONDS  # released meanwhile
+    if age < LEASE_SECONDS:
+        raise FolderBusy(
+            f"{place.root}: another w2v prepare (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+            f"lease renewed {age:.0f} s ago) is writing this folder; wait for it or use another --out"
+        )
+    if holder:
+        taken = place.replace_if_version(LOCK_NAME, _lease_bytes(token), version) is not None
+    else:
+        taken = place.create_exclusive(LOCK_NAME, _lease_bytes(token))
+    if not taken:
+        raise FolderBusy(f"{place.root}: another w2v prepare took over this folder's expired lease just now")
+
+
 def _renew(place: Location, token: str, stop: threading.Event, lost: threading.Event) -> None:
+    version: str | None = None
     while not stop.wait(RENEW_SECONDS):
         try:
-            holder = _read_lease(place)
-            if holder and holder.get("token") != token:
-                lost.set()  # taken over after a pause longer than the lease: never overwrite another run's
-                return
-            place.write_bytes(LOCK_NAME, _lease_bytes(token))
+            if version is None:
+                try:
+                    version = place.version(LOCK_NAME)
+                except FileNotFoundError:  # removed by hand: put it back, unless another run made its own
+                    if place.create_exclusive(LOCK_NAME, _lease_bytes(token)):
+                        version = place.version(LOCK_NAME)
+                    continue
+                if _read_lease(place).get("token") != token:
+                    lost.set()  # taken over after a pause longer than the lease: never overwrite another run's
+                    return
+            version = place.replace_if_version(LOCK_NAME, _lease_bytes(token), version)
+            # None: the lease changed since this run last wrote it; read it again to tell a takeover from a
+            # renewal whose reply was lost.
         except Exception as error:
+            version = None
             logger.warning("%s: could not renew the writer lease (%s); trying again", place.root, error)
 
 

@@ -8,6 +8,7 @@ whole once its upload completes, so one put is the atomic write, and there is no
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import functools
 import hashlib
@@ -150,6 +151,26 @@ class Location:
         except FileExistsError:
             return False
         return True
+
+    def version(self, name: str) -> str:
+        """The store's version tag (ETag) of object `name`, asked of the store now (no cached listing).
+        Raises FileNotFoundError when it is absent; store only."""
+        info = self._fs.info(self._path(name), refresh=True)
+        return str(info.get("ETag") or info.get("etag") or "")
+
+    def replace_if_version(self, name: str, data: bytes, version: str) -> str | None:
+        """Replace object `name` with `data` only if it is still at `version` (S3's If-Match: the store decides,
+        so of two writers holding the same version one wins); returns the new version, or None when the object
+        has changed or gone. Store only."""
+        try:
+            reply = self._fs.pipe_file(self._path(name), data, IfMatch=version)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.EINVAL:  # s3fs's spelling of 412 Precondition Failed
+                return None
+            raise
+        return str((reply or {}).get("ETag") or self.version(name))
 
     def read_stream(self, name: str) -> pa.Table:
         """An Arrow IPC stream file (a shard): mapped from a local disk, read whole from a store."""
