@@ -100,13 +100,18 @@ def test_the_short_file_benchmark_prints_both_anchored_ratios_as_json(tmp_path: 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(done.stdout)
     assert result["benchmark"] == "prepare (short files)" and result["files"] == 24
-    for ratio in ("decode_per_file_vs_floor", "decode_per_file_vs_floor_measured", "two_worker_speedup"):
+    ratios = ("decode_per_file_vs_floor", "decode_per_file_vs_floor_measured", "two_worker_speedup")
+    for ratio in (*ratios, "two_worker_speedup_unpinned", "floor_two_process_speedup"):
         assert result[ratio] > 0, ratio
     # The measured anchor pays for the measurements on top of the floor.
     assert result["seconds"]["floor_measured"] > result["seconds"]["floor"]
-    assert set(result["targets"]) == {
-        "decode_per_file_vs_floor",
-        "decode_per_file_vs_floor_measured",
-        "two_worker_speedup",
-        "flow_fixed_cost_s",
-    }
+    assert set(result["targets"]) == {*ratios, "two_worker_speedup_vs_floor_speedup", "flow_fixed_cost_s"}
+
+
+def test_the_shard_list_benchmark_compares_json_with_the_table() -> None:
+    command = [sys.executable, "benchmarks/scale.py", "--shard-list", "12000"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    figures = json.loads(done.stdout)["shard_list"]
+    assert figures["shards"] == 12_000
+    assert figures["columnar"]["manifest_bytes"] < 2_000 < 12_000 * 200 < figures["json"]["manifest_bytes"]
+    assert figures["columnar"]["bytes"] < figures["json"]["bytes"]
