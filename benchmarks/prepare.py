@@ -47,10 +47,10 @@ from tests.corpus import read_speech
 from w2v import quality
 from w2v.listing import list_sources
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import run_in_child
 from w2v.prepare.pipeline import prepare, shard_layout
 from w2v.prepare.process import SourceTask, plan_chunks
+from w2v.quality_filters import QualityThresholds
 from w2v.shards.manifest import Manifest
 from w2v.shards.reader import open_table
 

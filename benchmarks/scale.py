@@ -145,8 +145,8 @@ def inner_run(sources: list[str], out: Path, workers: int, result_fd: int) -> No
     to `result_fd`, a pipe (which, unlike a file, adds nothing to write_bytes)."""
     from w2v.prepare import pipeline
     from w2v.prepare.config import PrepareConfig
-    from w2v.prepare.lock import exclusive_writer
     from w2v.prepare.report import corpus_report_markdown
+    from w2v.shards.lock import exclusive_writer
 
     listing_seconds = 0.0
     list_sources = pipeline.list_sources

@@ -21,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Schedule
 
-from flows.pretrain import TRAINING_TAG
+from flows.tasks import TRAINING_TAG
 from w2v.errors import W2VError
 from w2v.storage import refuse_credentials
 

@@ -6,7 +6,6 @@ upload the best model → publish a report."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
-from flows.pretrain import TRAINING_TAG, stage, train, upload
+from flows.tasks import TRAINING_TAG, accelerate_launch, stage, train, upload
 from w2v.atomic import write_text_atomic
 from w2v.train.metrics import read_metrics
 
@@ -89,8 +88,7 @@ def finetune_command(
     *,
     verify_shards: bool = True,
 ) -> list[str]:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
-    command += ["--dynamo_backend", "no", "--mixed_precision", "no", "-m", "w2v", "finetune", "--task", task]
+    command = [*accelerate_launch(), "-m", "w2v", "finetune", "--task", task]
     command += ["--pretrained", pretrained, "--output", str(run_dir)]
     for shard in train_shards:
         command += ["--train", shard]

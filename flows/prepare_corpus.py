@@ -36,15 +36,15 @@ from w2v.listing import (
     split_sources,
 )
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import CHUNKS_PER_CHILD, child_processes, process_chunk_isolated
-from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.metadata import load_metadata
 from w2v.prepare.pipeline import CommitPlan, RunPlan, commit_run, plan_listed, utc_now
 from w2v.prepare.process import Chunk
 from w2v.prepare.report import corpus_report_markdown, run_summary
 from w2v.prepare.shard_writer import STAGING_NAME, ShardLayout, chunk_is_complete
+from w2v.quality_filters import QualityThresholds
 from w2v.shards.location import Location
+from w2v.shards.lock import exclusive_writer
 from w2v.shards.manifest import Manifest
 
 RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_unless_permanent}

@@ -7,9 +7,6 @@ checkpoint) → evaluate the best model on the held-out recordings → upload it
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +15,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
-from flows.retries import retry_unless_permanent
+from flows.tasks import TRAINING_TAG, accelerate_launch, stage, train, upload
 from w2v.atomic import write_text_atomic
-from w2v.data.mixture import parse_shards_arg
-from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
 from w2v.train.checkpoint import BEST, complete_checkpoints
 from w2v.train.config import resolve_config_path
@@ -29,48 +24,8 @@ from w2v.train.evaluate import evaluate_checkpoint
 from w2v.train.metrics import read_metrics
 from w2v.train.probe import ProbeConfig
 from w2v.train.report import training_report_markdown
-from w2v.upload import upload_folder
 
-TRAINING_TAG = "w2v-training"
 REPORT = "report.md"
-
-
-@task(
-    name="stage-shards",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_unless_permanent,
-)
-def stage(shards: list[str], cache_dir: Path, storage: StorageAccess, verify: bool = True) -> list[str]:
-    """Local folders for every --shards argument (weights kept), so that training ranks never download;
-    with `verify`, each checked against its manifest (training and evaluation then find it on record)."""
-    staged = []
-    options = storage.options()
-    for arg in shards:
-        parsed = parse_shards_arg(arg)
-        result = stage_shards(parsed.location, cache_dir, options, verify=verify)
-        if result.shards:
-            get_run_logger().info("%s: %d shards staged, %d bytes fetched", arg, result.shards, result.fetched_bytes)
-        if result.hashed_bytes:
-            get_run_logger().info("%s: %d bytes of shards checked against the manifest", arg, result.hashed_bytes)
-        staged.append(f"{result.folder}:{parsed.weight}")
-    return staged
-
-
-@task(name="train", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
-def train(command: list[str]) -> None:
-    """Run training in its own processes; a retry of this task resumes from the newest checkpoint."""
-    logger = get_run_logger()
-    logger.info("%s", " ".join(command))
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment) as p:
-        assert p.stdout is not None
-        for line in p.stdout:
-            if line.strip():
-                logger.info("%s", line.rstrip())
-    if p.returncode != 0:
-        raise W2VError(f"training exited with status {p.returncode}; the log above says why")
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -82,14 +37,6 @@ def evaluate_best(model_dir: Path, shards: list[str], verify_shards: bool = True
     except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
         get_run_logger().warning("no evaluation: %s", error)
         return {}
-
-
-@task(
-    name="upload", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_unless_permanent
-)
-def upload(checkpoint: Path, url: str, storage: StorageAccess) -> dict[str, Any]:
-    result = upload_folder(checkpoint, url, storage.options())
-    return {"url": result.url, "files": result.files, "bytes_put": result.bytes_put}
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
@@ -165,14 +112,7 @@ def training_command(
     *,
     verify_shards: bool = True,
 ) -> list[str]:
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
-    if accelerate_config:
-        accelerate += ["--config_file", accelerate_config]
-    else:
-        accelerate += ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
-        accelerate += ["--mixed_precision", "no"]  # the run's config decides precision
-        if num_processes > 1:
-            accelerate.append("--multi_gpu")  # on a machine without GPUs this starts CPU ranks (gloo)
+    accelerate = accelerate_launch(num_processes, accelerate_config)
     command = [*accelerate, "-m", "w2v", "pretrain", "--output", str(run_dir), "--workers", str(loader_workers)]
     for shard in shards:
         command += ["--shards", shard]

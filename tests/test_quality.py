@@ -142,3 +142,12 @@ def test_loudness_agrees_with_pyloudnorm(speech: np.ndarray) -> None:
         audio = soxr.resample(speech, RATE, rate).astype(np.float32)
         reference = pyloudnorm.Meter(rate, filter_class="DeMan").integrated_loudness(audio.astype(np.float64))
         assert quality.loudness_lufs(audio, rate) == pytest.approx(reference, abs=0.05)
+
+
+def test_a_shard_has_one_column_per_measurement_and_each_has_histogram_bins() -> None:
+    from w2v.shards.histograms import BINS
+    from w2v.shards.schema import QUALITY_COLUMNS, SCHEMA
+
+    assert tuple(quality.Quality.__dataclass_fields__) == QUALITY_COLUMNS  # the one list, in the dataclass's order
+    assert all(SCHEMA.field(name).type == "float" for name in QUALITY_COLUMNS)
+    assert set(BINS) <= set(QUALITY_COLUMNS)

@@ -77,9 +77,6 @@ class Quality:
     speech_share: float
 
 
-QUALITY_COLUMNS = tuple(Quality.__dataclass_fields__)
-
-
 def noise_floor(energies: np.ndarray) -> float:
     """The NOISE_PERCENTILE-th smallest frame energy (nearest rank; a partition, not a sort)."""
     rank = min(energies.size - 1, int(NOISE_PERCENTILE / 100 * energies.size))

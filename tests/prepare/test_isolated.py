@@ -187,7 +187,7 @@ process.decode = crash_on_poison
 
 if __name__ == "__main__":
     from w2v.prepare.config import PrepareConfig
-    from w2v.prepare.filters import QualityThresholds
+    from w2v.quality_filters import QualityThresholds
     from w2v.prepare.pipeline import prepare
 
     tones = PrepareConfig(min_seconds=0.5, measure_quality=False, quality=QualityThresholds(None, None, None, None))

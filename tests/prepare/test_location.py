@@ -20,15 +20,15 @@ from tests.servers import S3Server, moto_s3_server
 from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.data.staging import stage_shards
-from w2v.prepare import lock
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.isolated import process_chunk_isolated
-from w2v.prepare.lock import LEASE_SECONDS, LOCK_NAME, FolderBusy, exclusive_writer
 from w2v.prepare.pipeline import plan_run, prepare
 from w2v.prepare.progress import PLAN_RECORD, STAGING_NAME, staged_progress
 from w2v.prepare.shard_writer import chunk_is_complete, read_chunk_record
+from w2v.quality_filters import QualityThresholds
+from w2v.shards import lock
 from w2v.shards.location import Location
+from w2v.shards.lock import LEASE_SECONDS, LOCK_NAME, FolderBusy, exclusive_writer
 from w2v.shards.manifest import Manifest, read_manifest
 from w2v.shards.verify import verify
 

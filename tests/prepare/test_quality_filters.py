@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
+from w2v.quality_filters import QualityThresholds
 from w2v.shards.reader import open_table
 from w2v.shards.schema import QUALITY_COLUMNS
 from w2v.shards.verify import verify

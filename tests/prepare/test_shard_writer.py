@@ -19,11 +19,11 @@ from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare import pack, shard_writer
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import commit_run, decode_chunks, plan_run, prepare, shard_layout, utc_now
 from w2v.prepare.process import MIN_CHUNKS, SourceTask, plan_chunks
 from w2v.prepare.progress import STAGING_NAME, staged_progress, write_plan_record
 from w2v.prepare.shard_writer import ChunkWriter, ShardLayout, chunk_is_complete, read_chunk_record
+from w2v.quality_filters import QualityThresholds
 from w2v.shards import index as index_module
 from w2v.shards import sources as sources_module
 from w2v.shards.histograms import quality_histograms
@@ -137,7 +137,7 @@ from pathlib import Path
 
 import w2v.shards.location as location
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
+from w2v.quality_filters import QualityThresholds
 
 _write = location.write_buffer_atomic
 _calls = []

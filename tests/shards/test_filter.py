@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from w2v.cli import app
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
+from w2v.quality_filters import QualityThresholds
 from w2v.shards.manifest import read_manifest
 from w2v.shards.verify import verify
 

@@ -14,8 +14,8 @@ from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.errors import ManifestError
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
+from w2v.quality_filters import QualityThresholds
 from w2v.shards import shard_list
 from w2v.shards.manifest import MANIFEST_NAME, read_manifest
 from w2v.shards.verify import verify

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from tests.tones import write_tones
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
+from w2v.quality_filters import QualityThresholds
 from w2v.shards.manifest import MANIFEST_NAME, Manifest, SourceEntry, read_manifest, sources_summary
 from w2v.shards.sources import FINGERPRINT_COLUMNS, SourceRecords, read_sources, source_rows, table_summary
 from w2v.shards.verify import verify

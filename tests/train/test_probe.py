@@ -15,8 +15,8 @@ from tests.corpus import speak
 from w2v.cli import app
 from w2v.data.corpus import ShardCorpus
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import QualityThresholds
 from w2v.prepare.pipeline import prepare
+from w2v.quality_filters import QualityThresholds
 from w2v.train.config import MaskingConfig, ModelConfig
 from w2v.train.presets import build_model
 from w2v.train.probe import (

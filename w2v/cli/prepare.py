@@ -54,7 +54,7 @@ def prepare(
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)
     with prefect_api() as api:  # a temporary server starts beside the imports below
         from flows.prepare_corpus import prepare_corpus
-        from w2v.prepare.filters import QualityThresholds
+        from w2v.quality_filters import QualityThresholds
         from w2v.shards.location import Location
 
         if not measure:

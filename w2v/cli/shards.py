@@ -49,8 +49,8 @@ def shards_filter(
     max_dc_offset: Annotated[str | None, typer.Option(help="Remove pieces with a larger |DC offset|.")] = None,
 ) -> None:
     """Copy a shard folder keeping only utterances that pass stricter filters (no decoding)."""
-    from w2v.prepare.filters import QualityThresholds
     from w2v.prepare.pipeline import utc_now
+    from w2v.quality_filters import QualityThresholds
     from w2v.shards.filter import filter_folder
 
     thresholds = parse_thresholds(max_clipped_share, min_snr_db, min_speech_share, max_dc_offset)

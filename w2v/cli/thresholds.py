@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from w2v.cli.root import fail
 
 if TYPE_CHECKING:
-    from w2v.prepare.filters import QualityThresholds
+    from w2v.quality_filters import QualityThresholds
 
 
 def parse_threshold(name: str, value: str | None) -> float | None:
@@ -22,8 +22,8 @@ def parse_threshold(name: str, value: str | None) -> float | None:
 def parse_thresholds(
     max_clipped_share: str | None, min_snr_db: str | None, min_speech_share: str | None, max_dc_offset: str | None
 ) -> QualityThresholds:
-    # Here, not at the top: w2v.prepare.filters imports scipy (through w2v.quality), ~1 s of every `w2v --help`.
-    from w2v.prepare.filters import QualityThresholds
+    # Here, not at the top: w2v.quality_filters imports scipy (through w2v.quality), ~1 s of every `w2v --help`.
+    from w2v.quality_filters import QualityThresholds
 
     return QualityThresholds(
         max_clipped_share=parse_threshold("max_clipped_share", max_clipped_share),

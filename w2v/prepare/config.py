@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from w2v.errors import W2VError
-from w2v.prepare.filters import QualityThresholds
+from w2v.quality_filters import QualityThresholds
 from w2v.vad import DETECTORS
 
 # Settings that change only how utterances are packed into shards, not which utterances there are.

@@ -25,13 +25,13 @@ from w2v.listing import list_sources
 from w2v.prepare.buckets import log_spaced_edges
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.isolated import CHUNKS_PER_CHILD, child_processes, process_chunk_isolated
-from w2v.prepare.lock import exclusive_writer
 from w2v.prepare.metadata import Metadata, load_metadata
 from w2v.prepare.pack import commit
 from w2v.prepare.process import Chunk, SourceTask, plan_chunks
 from w2v.prepare.progress import STAGING_NAME, write_plan_record
 from w2v.prepare.shard_writer import ShardLayout
 from w2v.shards.location import Location
+from w2v.shards.lock import exclusive_writer
 from w2v.shards.manifest import Manifest, read_manifest_or_none
 from w2v.shards.sources import Fingerprint, fingerprints
 from w2v.storage import Source

@@ -20,9 +20,9 @@ from w2v import audio, quality
 from w2v.decode import decode
 from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
-from w2v.prepare.filters import every_piece_failed, first_failure
 from w2v.prepare.metadata import Metadata, metadata_sha256
 from w2v.prepare.shard_writer import BUFFER_BYTES, ChunkWriter, ShardLayout, chunk_is_complete, record_url
+from w2v.quality_filters import every_piece_failed, first_failure
 from w2v.shards.location import Location
 from w2v.shards.manifest import SourceEntry
 from w2v.shards.table import Utterance

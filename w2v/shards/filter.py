@@ -15,11 +15,11 @@ import pyarrow as pa
 
 from w2v.atomic import write_text_atomic
 from w2v.errors import ManifestError
-from w2v.prepare.filters import Failure, QualityThresholds, every_piece_failed, first_failure
-from w2v.prepare.lock import exclusive_writer
 from w2v.quality import Quality
+from w2v.quality_filters import Failure, QualityThresholds, every_piece_failed, first_failure
 from w2v.shards.histograms import quality_histograms
 from w2v.shards.index import shard_index, write_index_files
+from w2v.shards.lock import exclusive_writer
 from w2v.shards.manifest import (
     MANIFEST_NAME,
     REJECTS_NAME,

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from w2v.errors import ManifestError
-from w2v.prepare.lock import exclusive_writer
 from w2v.shards.index import shard_index, write_index_files
+from w2v.shards.lock import exclusive_writer
 from w2v.shards.manifest import MANIFEST_NAME, Manifest, read_manifest, summary_of, write_manifest
 from w2v.shards.schema import VERSION
 from w2v.shards.sources import SourceRecords, source_rows, write_source_files

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from w2v.prepare.lock import FolderBusy, exclusive_writer
 from w2v.prepare.pipeline import prepare
+from w2v.shards.lock import FolderBusy, exclusive_writer
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path: Path) -> None:

@@ -1,0 +1,82 @@
+"""Tasks more than one flow runs: stage shards, train (or fine-tune) in `accelerate launch` subprocesses,
+upload a checkpoint; and the one builder of the `accelerate launch` command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.credentials import StorageAccess
+from flows.retries import retry_unless_permanent
+from w2v.data.mixture import parse_shards_arg
+from w2v.data.staging import stage_shards
+from w2v.errors import W2VError
+from w2v.upload import upload_folder
+
+TRAINING_TAG = "w2v-training"
+
+
+@task(
+    name="stage-shards",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_unless_permanent,
+)
+def stage(shards: list[str], cache_dir: Path, storage: StorageAccess, verify: bool = True) -> list[str]:
+    """Local folders for every --shards argument (weights kept), so that training ranks never download;
+    with `verify`, each checked against its manifest (training and evaluation then find it on record)."""
+    staged = []
+    options = storage.options()
+    for arg in shards:
+        parsed = parse_shards_arg(arg)
+        result = stage_shards(parsed.location, cache_dir, options, verify=verify)
+        if result.shards:
+            get_run_logger().info("%s: %d shards staged, %d bytes fetched", arg, result.shards, result.fetched_bytes)
+        if result.hashed_bytes:
+            get_run_logger().info("%s: %d bytes of shards checked against the manifest", arg, result.hashed_bytes)
+        staged.append(f"{result.folder}:{parsed.weight}")
+    return staged
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+def train(command: list[str]) -> None:
+    """Run training in its own processes; a retry of this task resumes from the newest checkpoint."""
+    logger = get_run_logger()
+    logger.info("%s", " ".join(command))
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment) as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if line.strip():
+                logger.info("%s", line.rstrip())
+    if p.returncode != 0:
+        raise W2VError(f"training exited with status {p.returncode}; the log above says why")
+
+
+@task(
+    name="upload", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_unless_permanent
+)
+def upload(checkpoint: Path, url: str, storage: StorageAccess) -> dict[str, Any]:
+    result = upload_folder(checkpoint, url, storage.options())
+    return {"url": result.url, "files": result.files, "bytes_put": result.bytes_put}
+
+
+def accelerate_launch(num_processes: int = 1, accelerate_config: str | None = None) -> list[str]:
+    """The `accelerate launch` prefix of a training command: the user's accelerate config file when given,
+    otherwise `num_processes` ranks on this machine (CPU ranks over gloo where there is no GPU). Precision
+    and compilation are left to the run's own config."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        return [*command, "--config_file", accelerate_config]
+    command += ["--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no"]
+    command += ["--mixed_precision", "no"]
+    if num_processes > 1:
+        command.append("--multi_gpu")
+    return command
