@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from w2v import audio, quality
-from w2v.decode import decode
+from w2v.decode import Decoded, decode
 from w2v.errors import RejectedAudio
 from w2v.prepare.config import PrepareConfig
 from w2v.prepare.metadata import Metadata, metadata_sha256
@@ -171,33 +172,22 @@ def process_source(
 def _process(
     task: SourceTask, config: PrepareConfig, storage_options: dict[str, Any] | None, base: dict[str, Any]
 ) -> tuple[SourceEntry, list[Utterance]]:
+    """decode → mono, resampled, full-scale int16 → reject silence → cut into pieces → measure and filter
+    each piece → the source's entry and its utterances. Raises RejectedAudio for a file that yields nothing."""
     uri = task.source.uri
-    opened = open_source(uri, storage_options)
-    try:
-        decoded = decode(opened, uri)
-    finally:
-        if not isinstance(opened, str):
-            opened.close()
-    frames, channels = decoded.samples.shape
-    described = {
-        "decoder": decoded.decoder,
-        "original_sample_rate": decoded.sample_rate,
-        "channels": channels,
-    }
-    if frames == 0:
-        raise RejectedAudio("empty", f"{uri}: decodes to 0 samples")
-    # NaN and infinities carry through max and min: two passes that also serve the clipping scan.
-    highest, lowest = float(decoded.samples.max()), float(decoded.samples.min())
-    if not (math.isfinite(highest) and math.isfinite(lowest)):
-        finite = np.isfinite(decoded.samples)
-        bad = int(finite.size - np.count_nonzero(finite))
-        raise RejectedAudio("non_finite", f"{uri}: {bad} of {finite.size} samples are NaN or infinite")
+    decoded, highest, lowest = _decode_finite(uri, storage_options)
     mono = audio.downmix(decoded.samples)
     resampled = audio.resample(mono, decoded.sample_rate, config.sample_rate, config.resample_quality)
     scaled, gain = audio.fit_to_full_scale(resampled)
     pcm = audio.to_int16(scaled)
     decoded_seconds = pcm.shape[0] / config.sample_rate
-    measured_source = {**described, "gain": gain, "decoded_seconds": decoded_seconds}
+    measured_source = {
+        "decoder": decoded.decoder,
+        "original_sample_rate": decoded.sample_rate,
+        "channels": decoded.samples.shape[1],
+        "gain": gain,
+        "decoded_seconds": decoded_seconds,
+    }
     peak = max(int(pcm.max()), -int(pcm.min()))  # as int: -(-32768) does not fit int16
     if peak <= SILENT_PEAK_STEPS:
         error = f"{uri}: digitally silent (peak {peak} of 32767 over {decoded_seconds:.2f} s)"
@@ -206,20 +196,74 @@ def _process(
     plan = audio.plan_segments(pcm, config.sample_rate, config.max_seconds, config.search_seconds)
     kept = plan.kept(config.min_samples)
     dropped = plan.dropped(config.min_samples)
-    dropped_seconds = sum(e - s for s, e in dropped) / config.sample_rate
-    sha = hashlib.sha256(pcm.tobytes()).hexdigest()
     if not kept:
         error = f"{uri}: {decoded_seconds:.2f} s is shorter than min_seconds={config.min_seconds}"
         entry = SourceEntry(**base, **measured_source, status="rejected", reason="too_short", error=error)
         return entry, []
-
-    meta = task.metadata or {}
-    # A transcript belongs to the whole recording: it cannot be split with the audio.
-    text = meta.get("text") if len(plan.bounds) == 1 else None
-    prefix = utterance_prefix(uri)
-    ratio = decoded.sample_rate / config.sample_rate
-    detector = speech_detector(config.vad)
+    # The clipping scan runs on the decoded samples, before resampling, once per recording.
     clipping = quality.Clipping.find(decoded.samples, highest, lowest) if config.measure_quality else None
+    ratio = decoded.sample_rate / config.sample_rate
+    rows, filtered = _pieces(
+        task, config, pcm, scaled, kept, whole=len(plan.bounds) == 1, clipping=clipping, ratio=ratio
+    )
+    if not rows:
+        error = every_piece_failed(uri, filtered)
+        return SourceEntry(**base, **measured_source, status="rejected", reason=filtered[0]["reason"], error=error), []
+    entry = SourceEntry(
+        **base,
+        **measured_source,
+        status="kept",
+        utterances=tuple(r.id for r in rows),
+        kept_seconds=sum(r.audio.shape[0] for r in rows) / config.sample_rate,
+        dropped_seconds=sum(e - s for s, e in dropped) / config.sample_rate,
+        dropped_pieces=len(dropped),
+        filtered=tuple(filtered),
+        filtered_seconds=sum(f["seconds"] for f in filtered),
+        audio_sha256=hashlib.sha256(pcm.tobytes()).hexdigest(),
+    )
+    return entry, rows
+
+
+def _decode_finite(uri: str, storage_options: dict[str, Any] | None) -> tuple[Decoded, float, float]:
+    """The file decoded, with its highest and lowest sample. Raises RejectedAudio when it decodes to nothing
+    or to NaN or infinite samples."""
+    opened = open_source(uri, storage_options)
+    try:
+        decoded = decode(opened, uri)
+    finally:
+        if not isinstance(opened, str):
+            opened.close()
+    if decoded.samples.shape[0] == 0:
+        raise RejectedAudio("empty", f"{uri}: decodes to 0 samples")
+    # NaN and infinities carry through max and min: two passes that also serve the clipping scan.
+    highest, lowest = float(decoded.samples.max()), float(decoded.samples.min())
+    if not (math.isfinite(highest) and math.isfinite(lowest)):
+        finite = np.isfinite(decoded.samples)
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise RejectedAudio("non_finite", f"{uri}: {bad} of {finite.size} samples are NaN or infinite")
+    return decoded, highest, lowest
+
+
+def _pieces(
+    task: SourceTask,
+    config: PrepareConfig,
+    pcm: np.ndarray,
+    scaled: np.ndarray,
+    kept: Sequence[tuple[int, int]],
+    *,
+    whole: bool,
+    clipping: quality.Clipping | None,
+    ratio: float,
+) -> tuple[list[Utterance], list[dict[str, Any]]]:
+    """The utterances of the `kept` (start, end) pieces of `pcm`, and the pieces a quality filter removed
+    (id, start_seconds, seconds, reason, value, threshold). With `clipping` (quality measured) each piece is
+    measured on `scaled`, the float audio it was quantized from; `ratio` maps its samples to the decoded
+    file's for the clipping scan. A transcript goes with the audio only when the recording is one piece."""
+    uri = task.source.uri
+    meta = task.metadata or {}
+    text = meta.get("text") if whole else None
+    prefix = utterance_prefix(uri)
+    detector = speech_detector(config.vad)
     rows: list[Utterance] = []
     filtered: list[dict[str, Any]] = []
     for k, (start, end) in enumerate(kept):
@@ -227,7 +271,6 @@ def _process(
         measured = None
         if clipping is not None:
             clipped = clipping.share(round(start * ratio), round(end * ratio))
-            # The float audio the piece was quantized from: no conversion back from int16 needed.
             measured = quality.measure(scaled[start:end], config.sample_rate, clipped, detector)
             failure = first_failure(measured, config.quality)
             if failure is not None:
@@ -257,22 +300,7 @@ def _process(
                 quality=measured,
             )
         )
-    if not rows:
-        error = every_piece_failed(uri, filtered)
-        return SourceEntry(**base, **measured_source, status="rejected", reason=filtered[0]["reason"], error=error), []
-    entry = SourceEntry(
-        **base,
-        **measured_source,
-        status="kept",
-        utterances=tuple(r.id for r in rows),
-        kept_seconds=sum(r.audio.shape[0] for r in rows) / config.sample_rate,
-        dropped_seconds=dropped_seconds,
-        dropped_pieces=len(dropped),
-        filtered=tuple(filtered),
-        filtered_seconds=sum(f["seconds"] for f in filtered),
-        audio_sha256=sha,
-    )
-    return entry, rows
+    return rows, filtered
 
 
 def utterance_prefix(uri: str) -> str:
