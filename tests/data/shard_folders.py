@@ -6,6 +6,7 @@ which window of utterance k a batch row holds (unambiguous for utterances under 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,14 @@ def window_start(row: np.ndarray, k: int, mean: float, std: float) -> int:
     return (first - 7 * k) % MODULUS
 
 
-def write_shard_folder(folder: Path, lengths: list[int], rows_per_shard: int = 50) -> Path:
+Labels = tuple[str | None, str | None, str | None]  # text, speaker, label
+
+
+def write_shard_folder(
+    folder: Path, lengths: list[int], rows_per_shard: int = 50, labels: Callable[[int], Labels] | None = None
+) -> Path:
+    """Utterances of these lengths (in samples) in shards of `rows_per_shard`, with a manifest; `labels(k)`
+    gives utterance k's text, speaker and label columns (none when not given)."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for number, start in enumerate(range(0, len(lengths), rows_per_shard)):
@@ -40,7 +48,8 @@ def write_shard_folder(folder: Path, lengths: list[int], rows_per_shard: int = 5
         for k in range(start, min(start + rows_per_shard, len(lengths))):
             audio = samples_of(k, lengths[k])
             mean, std = mean_std(audio)
-            rows.append(Utterance(f"utt-{k:06d}", audio, f"synthetic://{k}", 0.0, mean, std))
+            text, speaker, label = labels(k) if labels is not None else (None, None, None)
+            rows.append(Utterance(f"utt-{k:06d}", audio, f"synthetic://{k}", 0.0, mean, std, text, speaker, label))
         name = f"b00-g00001-{number:04d}.arrow"
         written = write_stream_atomic(utterance_table(rows), folder / name)
         seconds = sum(r.audio.size for r in rows) / RATE
