@@ -56,12 +56,12 @@ from w2v.data.loader import LoaderConfig
 from w2v.finetune.config import TASK_DEFAULTS, FinetuneConfig, FreezeConfig
 from w2v.finetune.freeze import layers_to_freeze
 from w2v.finetune.labels import read_column
-from w2v.finetune.loop import finetune
-from w2v.train.checkpoint import complete_checkpoints
+from w2v.finetune.recipe import finetune
+from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.metrics import read_metrics
 from w2v.train.config import TrainConfig
-from w2v.train.loop import pretrain
-from w2v.train.metrics import read_metrics
 from w2v.train.presets import PRESETS, build_model
+from w2v.train.recipe import pretrain
 
 # The score each task is judged by, whether lower is better, and what else is reported beside it.
 SCORES: dict[str, tuple[str, bool, tuple[str, ...]]] = {

@@ -2,7 +2,7 @@
 
 On the same synthetic shards and the same audio per step (a `max_batch_seconds` budget, crop mode, like
 configs/base.yaml), warm-up steps left out of the timings and the GPU synchronized before each clock:
-  training     the preset's step (our loader + `w2v.train.step.train_step`, as w2v/train/loop.py runs it:
+  training     the preset's step (our loader + `w2v.train.step.train_step`, as w2v/train/recipe.py runs it:
                fused AdamW, Accelerate, `torch.compile` after `prepare`) in fp32 (torch's defaults: fp32
                matmuls, cuDNN convolutions allowed TF32), tf32 (matmuls too: float32_matmul_precision
                "high"), bf16 (Accelerator(mixed_precision="bf16")) and bf16_compile; each against fp32.
@@ -117,7 +117,7 @@ def run_ours(corpus: ShardCorpus, batch: BatchConfig, args: argparse.Namespace) 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if mode == "bf16_compile":
-        model = torch.compile(model)  # as w2v/train/loop.py applies config.compile
+        model = torch.compile(model)  # as w2v/train/recipe.py applies config.compile
     loader = LoaderConfig(num_workers=args.workers)
     step = 0
 

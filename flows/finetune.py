@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.credentials import StorageAccess, StorageOptions
 from flows.tasks import TRAINING_TAG, accelerate_launch, stage, train, upload
 from w2v.atomic import write_text_atomic
-from w2v.train.metrics import read_metrics
+from w2v.run.metrics import read_metrics
 
 REPORT = "report.md"
 

@@ -18,10 +18,10 @@ from flows.credentials import StorageAccess, StorageOptions
 from flows.tasks import TRAINING_TAG, accelerate_launch, stage, train, upload
 from w2v.atomic import write_text_atomic
 from w2v.errors import W2VError
-from w2v.train.checkpoint import BEST, complete_checkpoints
+from w2v.run.checkpoint import BEST, complete_checkpoints
+from w2v.run.metrics import read_metrics
 from w2v.train.config import resolve_config_path
 from w2v.train.evaluate import evaluate_checkpoint
-from w2v.train.metrics import read_metrics
 from w2v.train.probe import ProbeConfig
 from w2v.train.report import training_report_markdown
 

@@ -26,11 +26,11 @@ from safetensors.torch import load_file
 from tests.data.shard_folders import Labels, write_shard_folder
 from w2v.data.loader import LoaderConfig
 from w2v.finetune.config import FinetuneConfig
-from w2v.finetune.loop import finetune
-from w2v.train.checkpoint import complete_checkpoints
+from w2v.finetune.recipe import finetune
+from w2v.run.checkpoint import complete_checkpoints
 from w2v.train.config import MaskingConfig, ModelConfig, TrainConfig
-from w2v.train.loop import pretrain
 from w2v.train.presets import build_model
+from w2v.train.recipe import pretrain
 
 PRETRAIN = {
     "seed": 5,

@@ -17,11 +17,11 @@ from w2v.data.loader import LoaderConfig
 from w2v.errors import W2VError
 from w2v.finetune.config import FinetuneConfig
 from w2v.finetune.freeze import apply_freeze, layers_to_freeze
-from w2v.finetune.loop import finetune
+from w2v.finetune.recipe import finetune
+from w2v.run.metrics import read_metrics
+from w2v.run.schedule import tri_stage_factor
 from w2v.train.config import MaskingConfig, ModelConfig
-from w2v.train.metrics import read_metrics
 from w2v.train.presets import build_model
-from w2v.train.schedule import tri_stage_factor
 
 pytestmark = pytest.mark.slow
 SMALL = {"log_every": 2, "eval_every": 3, "batch": {"max_batch_seconds": 20}}

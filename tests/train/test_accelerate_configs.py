@@ -12,8 +12,8 @@ from accelerate.utils.dataclasses import get_module_class_from_name
 from tests.data.shard_folders import write_shard_folder
 from w2v.errors import W2VError
 from w2v.train.config import MaskingConfig, ModelConfig, TrainConfig
-from w2v.train.loop import pretrain
 from w2v.train.presets import PRESETS, build_model
+from w2v.train.recipe import pretrain
 
 FOLDER = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 EXPECTED = {

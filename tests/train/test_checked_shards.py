@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from tests.data.shard_folders import write_shard_folder
 from w2v.cli import app
+from w2v.run.checkpoint import complete_checkpoints
 from w2v.shards.manifest import read_manifest
-from w2v.train.checkpoint import complete_checkpoints
 from w2v.train.config import MaskingConfig, ModelConfig
 from w2v.train.presets import build_model
 

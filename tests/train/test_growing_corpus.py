@@ -13,9 +13,9 @@ from tests.data.shard_folders import write_shard_folder
 from w2v.data.loader import LoaderConfig
 from w2v.data.plan import BatchConfig
 from w2v.data.stream import BatchStream, CorpusCursor, StreamState
-from w2v.train.checkpoint import complete_checkpoints
+from w2v.run.checkpoint import complete_checkpoints
 from w2v.train.config import TrainConfig
-from w2v.train.loop import pretrain
+from w2v.train.recipe import pretrain
 
 CONFIG = {
     "seed": 4,

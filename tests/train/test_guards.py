@@ -11,11 +11,11 @@ import pytest
 from tests.data.shard_folders import write_shard_folder
 from w2v.data.loader import LoaderConfig
 from w2v.errors import W2VError
+from w2v.run.metrics import read_metrics
 from w2v.train.config import GuardConfig, MaskingConfig, ModelConfig, TrainConfig
 from w2v.train.guards import expected_masked_share, health_warnings
-from w2v.train.loop import pretrain
-from w2v.train.metrics import read_metrics
 from w2v.train.presets import model_config
+from w2v.train.recipe import pretrain
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,13 @@ from w2v.data.corpus import ShardCorpus
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.plan import BatchConfig
 from w2v.errors import W2VError
-from w2v.train.checkpoint import complete_checkpoints
+from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.guards import smaller_micro_batches
+from w2v.run.memory import MARKER, SIMULATE_ENV, OutOfMemory, marker_split
+from w2v.run.metrics import read_metrics
+from w2v.run.state import RunState
 from w2v.train.config import TrainConfig
-from w2v.train.loop import _smaller_micro_batches, pretrain
-from w2v.train.memory import MARKER, SIMULATE_ENV, OutOfMemory, marker_split
-from w2v.train.metrics import read_metrics
+from w2v.train.recipe import pretrain
 
 SECONDS = 2.0
 RATE = 16_000
@@ -103,7 +105,7 @@ def test_with_several_processes_the_failing_rank_asks_the_resumed_run_for_smalle
     run.mkdir()
     accelerator: Any = SimpleNamespace(num_processes=2, process_index=1)
     with pytest.raises(W2VError, match=r"rank 1 ran out of memory at step 4 .* reads micro-batches in 4 pieces"):
-        _smaller_micro_batches(accelerator, run, OutOfMemory(3, 32_000, 17), split=2, step=3)
+        smaller_micro_batches(accelerator, run, OutOfMemory(3, 32_000, 17), RunState(step=3, micro_batch_split=2))
     assert marker_split(run) == 4
     assert marker_split(tmp_path / "elsewhere") == 1
     # The resumed (here: first) run takes the split from the marker, and drops the marker once a

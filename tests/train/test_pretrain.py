@@ -19,10 +19,10 @@ from tests.conftest import Prepared
 from tests.data.shard_folders import write_shard_folder
 from w2v.data.loader import LoaderConfig
 from w2v.errors import W2VError
-from w2v.train.checkpoint import complete_checkpoints
+from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.metrics import read_metrics
 from w2v.train.config import TrainConfig
-from w2v.train.loop import pretrain
-from w2v.train.metrics import read_metrics
+from w2v.train.recipe import pretrain
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,11 +15,12 @@ from tests.data.shard_folders import write_shard_folder
 from w2v.data.corpus import ShardCorpus
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.plan import BatchConfig
+from w2v.run.schedule import lr_factor
+from w2v.run.seeds import seed_for
 from w2v.ssl.objective import gumbel_temperature, pretraining_targets
 from w2v.train.config import MaskingConfig, ModelConfig
 from w2v.train.presets import build_model
-from w2v.train.schedule import lr_factor
-from w2v.train.step import seed_for, train_step
+from w2v.train.step import train_step
 
 LENGTHS = [int(x) for x in np.random.default_rng(1).integers(16_000, 40_000, 40)]
 MASKING = MaskingConfig(num_negatives=10)

@@ -35,7 +35,7 @@ def finetune(
     """Fine-tune a pretrained checkpoint for ASR (CTC), classification or speaker identification."""
     from w2v.data.loader import LoaderConfig
     from w2v.finetune.config import FinetuneConfig
-    from w2v.finetune.loop import finetune as run_finetuning
+    from w2v.finetune.recipe import finetune as run_finetuning
 
     overrides = list(set_ or [])
     for key, value in (("freeze.layers", freeze_layers), ("freeze.head_only", head_only), ("max_steps", max_steps)):

@@ -38,7 +38,7 @@ def pretrain(
     """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch)."""
     from w2v.data.loader import LoaderConfig
     from w2v.train.config import TrainConfig, apply_overrides
-    from w2v.train.loop import pretrain as run_pretraining
+    from w2v.train.recipe import pretrain as run_pretraining
 
     overrides = list(set_ or [])
     for key, value in (("model.preset", preset), ("model.init_from", init_from), ("max_steps", max_steps)):

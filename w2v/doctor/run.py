@@ -14,10 +14,10 @@ import numpy as np
 
 from w2v.doctor.findings import Finding, error, ok, warning
 from w2v.errors import W2VError
-from w2v.train.checkpoint import TRAINER_STATE, complete_checkpoints
+from w2v.run.checkpoint import TRAINER_STATE, complete_checkpoints
+from w2v.run.metrics import read_metrics
 from w2v.train.config import TrainConfig
 from w2v.train.guards import chance_contrastive_loss, collapse_below, expected_masked_share
-from w2v.train.metrics import read_metrics
 from w2v.train.presets import model_config
 
 DATA_WAIT_LIMIT = 0.3  # share of step time waiting for batches

@@ -21,6 +21,7 @@ import yaml
 
 from w2v.data.plan import BatchConfig
 from w2v.errors import W2VError
+from w2v.run.config import StepGuards
 from w2v.train.config import apply_overrides, build_config
 
 TASKS = ("ctc", "classify", "speaker")
@@ -81,6 +82,8 @@ class FinetuneConfig:
     freeze: FreezeConfig = field(default_factory=lambda: FreezeConfig(layers=1 / 3))
     schedule: TriStageConfig = field(default_factory=TriStageConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    # Non-finite updates skipped; after max_consecutive_skips in a row, back to the last checkpoint.
+    guards: StepGuards = field(default_factory=StepGuards)
     # Any Wav2Vec2Config field for the fine-tuned model (e.g. {"final_dropout": 0.1, "layerdrop": 0.05}).
     model_overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -1,1 +1,1 @@
-"""Pretraining: configuration, model presets, the Accelerate loop, checkpoints and metrics."""
+"""Pretraining: configuration, model presets, the objective's step, evaluation and the recipe."""

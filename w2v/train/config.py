@@ -15,6 +15,7 @@ import yaml
 
 from w2v.data.plan import BatchConfig
 from w2v.errors import W2VError
+from w2v.run.config import StepGuards
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -61,12 +62,10 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class GuardConfig:
-    """When a run warns, and when it rolls back to its last checkpoint with a lower learning rate."""
+class GuardConfig(StepGuards):
+    """When a run rolls back to its last checkpoint with a lower learning rate (the harness's step guards),
+    and when pretraining's health warnings speak."""
 
-    max_consecutive_skips: int = 5  # non-finite updates in a row before a rollback
-    max_rollbacks: int = 3  # then the run stops with an error
-    rollback_lr_factor: float = 0.5  # the peak lr after the k-th rollback: lr · factor^k
     perplexity_floor_share: float = 0.1  # warn below this share of the codevectors in use
     mask_share_tolerance: float = 0.5  # warn when the masked share is this far (relative) from expected
     chance_margin: float = 0.01  # warn when the contrastive loss is within this share of chance, ln(K + 1)

@@ -22,10 +22,10 @@ from w2v.data.collate import collate
 from w2v.data.corpus import ShardCorpus
 from w2v.data.plan import BatchConfig, plan_batches
 from w2v.errors import W2VError
+from w2v.run.seeds import seed_for
 from w2v.ssl.objective import pretraining_objective, pretraining_targets
 from w2v.train.config import TrainConfig
 from w2v.train.probe import ProbeComparison, ProbeConfig, hidden_state_index, probe_against_random_init
-from w2v.train.step import seed_for
 
 EVAL_SALT = 977  # keeps held-out draws apart from training's
 

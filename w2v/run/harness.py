@@ -1,0 +1,205 @@
+"""A run's plumbing, shared by every recipe: the Accelerator, the run folder (resume, checkpoints, the best
+model, metrics) and the guarded step (out-of-memory retry in pieces, rollback after repeated skips).
+
+A recipe builds its model, data and loss, then loops:
+
+    state = run.resume(...)                       # RunState: the step and the guards' counters
+    while state.step < max_steps:
+        state, result = run.guarded_step(state, batches, update)
+        if result is None: continue               # retried in pieces, or rolled back
+        ... log, evaluate, run.checkpoint(...)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
+from w2v.data.collate import Batch
+from w2v.data.stream import StreamState
+from w2v.run.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_best, save_checkpoint
+from w2v.run.config import StepGuards
+from w2v.run.guards import needs_rollback, roll_back, smaller_micro_batches
+from w2v.run.memory import OutOfMemory, clear_marker, marker_split, release_memory
+from w2v.run.metrics import MetricsLog
+from w2v.run.state import RunState
+
+logger = logging.getLogger("w2v.run")
+
+
+def make_accelerator(mixed_precision: str, *, unused_parameters: bool = False) -> Accelerator:
+    """The Accelerator of a run: on the CPU when there is no GPU (only then does Accelerate join the ranks
+    torchrun started, over gloo); the scheduler stepped once per update (our schedules count updates, and
+    Accelerate would otherwise step it once per rank). `unused_parameters`: DDP must expect parameters
+    without gradients (layer drop skips layers at random per rank)."""
+    transformers.utils.logging.disable_progress_bar()
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[ddp],
+        step_scheduler_with_optimizer=False,
+    )
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch's deterministic kernels for the run when asked, and the process's previous setting after it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (log, evaluate, checkpoint) falls on `step`: every `every`, and at the end."""
+    return step % every == 0 or step == last
+
+
+class Outcome(Protocol):
+    """What a recipe's update returns, as far as the harness cares."""
+
+    @property
+    def skipped(self) -> bool: ...
+
+    @property
+    def state_after(self) -> dict[str, Any]: ...
+
+
+Result = TypeVar("Result", bound=Outcome)
+
+
+class StepBatches:
+    """A run's micro-batches, reopened where the current update began when they must come in more pieces."""
+
+    def __init__(self, open_at: Callable[[StreamState | None, int], Iterable[Batch]], start: dict[str, Any] | None,
+                 split: int) -> None:  # fmt: skip
+        self._open_at = open_at
+        self._start = StreamState.from_dict(start) if start is not None else None
+        self._batches: Iterator[Batch] = iter(open_at(self._start, split))
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        return next(self._batches)
+
+    def update_done(self, state_after: dict[str, Any]) -> None:
+        self._start = StreamState.from_dict(state_after)
+
+    def reopen(self, split: int) -> None:
+        """Read the current update again from its start, each planned micro-batch in `split` pieces."""
+        del self._batches
+        release_memory()
+        self._batches = iter(self._open_at(self._start, split))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the harness needs from the recipe: where, what to save, and how to guard its updates."""
+
+    folder: Path
+    config: dict[str, Any]  # the recipe's config, saved in every checkpoint
+    sample_rate: int
+    keep_last: int
+    guards: StepGuards
+    peak_lr: float
+    lr_remedy: str  # what to lower or slow down, in the recipe's config keys
+    save_extra: Callable[[Path], None] | None = None  # writes beside a saved model (a tokenizer)
+
+
+class Run:
+    """One run folder under one Accelerator: resume, the guarded step, checkpoints, the best model, metrics.
+
+    Metrics are written by the main process only; every rank calls every method (saving is collective)."""
+
+    def __init__(self, accelerator: Accelerator, spec: RunSpec) -> None:
+        self.accelerator, self.spec = accelerator, spec
+        self.last_checkpoint: Path | None = None
+        self.metrics: MetricsLog | None = None
+
+    def resume(self, resume: str) -> tuple[RunState, dict[str, Any] | None, dict[str, Any]]:
+        """Restore `resume` (auto | never | a checkpoint folder) into the prepared model, optimizer and
+        scheduler; returns the run state, the loader's state (None: from the start) and the checkpoint's
+        metrics. Opens the metrics log, forgetting records past the checkpoint's step."""
+        checkpoint = resolve_resume(self.spec.folder, resume)
+        state, loader_state, metrics = RunState(), None, {}
+        if checkpoint is not None:
+            restored = load_checkpoint(self.accelerator, checkpoint)
+            state = RunState.from_tracking(restored.step, restored.tracking)
+            loader_state, metrics = restored.loader_state, dict(restored.metrics)
+        self.last_checkpoint = checkpoint
+        if self.accelerator.is_main_process:
+            self.metrics = MetricsLog(self.spec.folder, state.step if checkpoint is not None else None)
+        # A multi-process run that ran out of memory asked for smaller pieces (RUN/oom.json).
+        split = max(state.micro_batch_split, marker_split(self.spec.folder))
+        return replace(state, micro_batch_split=split), loader_state, metrics
+
+    def guarded_step(
+        self, state: RunState, batches: StepBatches, update: Callable[[Iterator[Batch]], Result], scheduler: Any
+    ) -> tuple[RunState, Result | None]:
+        """Try one update. Out of memory: retried next call in twice the pieces (one process) or stopped
+        with RUN/oom.json for the resumed run (several). Too many non-finite updates in a row: rolled back
+        to the last checkpoint. Returns the new state and the update's outcome (None when it must be redone)."""
+        try:
+            outcome = update(batches)
+        except OutOfMemory as error:
+            failure: OutOfMemory | None = error
+        else:
+            failure = None
+        if failure is not None:  # handled outside the except block: the failed step's tensors are free
+            state = smaller_micro_batches(self.accelerator, self.spec.folder, failure, state)
+            batches.reopen(state.micro_batch_split)
+            return state, None
+        batches.update_done(outcome.state_after)
+        state = state.after_update(outcome.skipped)
+        if needs_rollback(state, self.spec.guards):
+            fp16 = self.accelerator.mixed_precision == "fp16"
+            state = roll_back(self.accelerator, scheduler, state, self.last_checkpoint, self.spec.guards,
+                              peak_lr=self.spec.peak_lr, remedy=self.spec.lr_remedy, fp16=fp16)  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.rewind(state.step)
+            return state, None
+        return state, outcome
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def _trainer_state(self, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> TrainerState:
+        return TrainerState(state.step, loader_state, self.spec.config, metrics, state.to_tracking())
+
+    def checkpoint(self, model: Any, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> Path:
+        """Save a checkpoint of this step (the last `keep_last` are kept); returns its folder."""
+        spec = self.spec
+        saved = self._trainer_state(state, loader_state, metrics)
+        self.last_checkpoint = save_checkpoint(
+            self.accelerator, model, spec.folder, saved, spec.sample_rate, spec.keep_last, spec.save_extra
+        )
+        if self.accelerator.is_main_process:
+            clear_marker(spec.folder)  # the checkpoint holds the split now
+        return self.last_checkpoint
+
+    def save_best(self, model: Any, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> Path:
+        """RUN/best: this step's model, the best by validation so far."""
+        saved = self._trainer_state(state, loader_state, metrics)
+        return save_best(self.accelerator, model, self.spec.folder, saved, self.spec.sample_rate, self.spec.save_extra)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        self.accelerator.wait_for_everyone()

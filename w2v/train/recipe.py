@@ -1,0 +1,236 @@
+"""The pretraining recipe, top to bottom: build, resume, loop (update, log, validate, checkpoint), finish.
+
+Runs as one process or under `accelerate launch` (each rank runs this same function). Every decision
+that must agree across ranks (data, masks, when to stop) is a function of the step and the seed. The run
+folder, resume, the step guards and checkpoints are the run harness's (w2v.run); what is pretraining's own
+is here: the model and its Gumbel temperature, the objective's step (w2v.train.step), its log record with
+health warnings, and validation on held-out recordings with early stopping.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from w2v.data.collate import Batch
+from w2v.data.corpus import ShardCorpus, split_held_out
+from w2v.data.loader import LoaderConfig, make_loader
+from w2v.data.mixture import open_corpora
+from w2v.data.stream import StreamState
+from w2v.errors import W2VError
+from w2v.run.harness import Run, RunSpec, StepBatches, deterministic_algorithms, due, make_accelerator
+from w2v.run.metrics import peak_memory_bytes
+from w2v.run.schedule import lr_factor
+from w2v.run.state import RunState
+from w2v.ssl.objective import gumbel_temperature
+from w2v.train.config import TrainConfig
+from w2v.train.evaluate import evaluate
+from w2v.train.guards import health_warnings
+from w2v.train.presets import build_model, model_config
+from w2v.train.step import StepResult, train_step
+
+logger = logging.getLogger("w2v.train")
+LR_REMEDY = "lower optim.lr, raise optim.warmup_steps"
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    run_dir: Path
+    steps: int  # updates done by the end of this run (counting those before a resume)
+    last_checkpoint: Path | None
+    stopped_by: str  # max_steps | max_hours | early_stopping
+    skipped_steps: int  # updates skipped over the whole run (a non-finite loss or gradient)
+
+
+@dataclass(frozen=True)
+class _Data:
+    train: list[ShardCorpus]
+    weights: list[float]
+    held_out: list[ShardCorpus]
+
+
+def pretrain(
+    config: TrainConfig,
+    shards: list[str],
+    run_dir: Path,
+    *,
+    resume: str = "auto",
+    cache_dir: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+    loader: LoaderConfig | None = None,
+    accelerator: Accelerator | None = None,
+    on_step: Callable[[int, StepResult], None] | None = None,
+    verify_shards: bool = True,
+) -> PretrainResult:
+    """Train (or go on training) into `run_dir`; `on_step(step, result)` is called after each update on the
+    main process (the command line draws its progress bar with it). Every shard is checked against its
+    manifest before step 1 (`verify_shards=False` skips it: fast and unsafe). Raises W2VError when the run
+    diverges past its rollbacks or a single utterance does not fit in memory."""
+    started, run_dir = time.monotonic(), Path(run_dir)
+    if accelerator is None:
+        _check_launcher()
+        layerdrop = float(model_config(config.model, config.masking).layerdrop)
+        accelerator = make_accelerator(config.mixed_precision, unused_parameters=layerdrop > 0)
+    with deterministic_algorithms(config.deterministic):
+        model, optimizer, scheduler = _build(config, accelerator)
+        with accelerator.main_process_first():  # one rank per node stages remote shards
+            data = _open_data(config, shards, cache_dir or run_dir / "shard-cache", storage_options, verify_shards)
+        spec = RunSpec(run_dir, config.to_dict(), config.batch.sample_rate, config.keep_last, config.guards,
+                       config.optim.lr, LR_REMEDY)  # fmt: skip
+        run = Run(accelerator, spec)
+        state, loader_state, _ = run.resume(resume)
+        open_at = functools.partial(_open_batches, config, data, accelerator, loader or LoaderConfig())
+        batches = StepBatches(open_at, loader_state, state.micro_batch_split)
+        update = functools.partial(train_step, accelerator, model, optimizer, scheduler, seed=config.seed,
+                                   accumulation=config.gradient_accumulation,
+                                   max_grad_norm=config.optim.max_grad_norm)  # fmt: skip
+
+        window: list[tuple[int, StepResult]] = []  # the updates since the last log record
+        stopped_by = None
+        while state.step < config.max_steps:
+            temperature = _set_temperature(accelerator, model, config, state.step)
+            state, result = run.guarded_step(state, batches, update, scheduler)
+            if result is None:  # to be redone in smaller pieces, or rolled back to a checkpoint
+                window = [(step, r) for step, r in window if step <= state.step]
+                continue
+            window.append((state.step, result))
+            if on_step is not None and accelerator.is_main_process:
+                on_step(state.step, result)
+            record: dict[str, Any] = {}
+            if due(state.step, config.log_every, config.max_steps):
+                record = _record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
+                record["warnings"] = _warnings(record, state, accelerator.unwrap_model(model).config, config)
+                state = _lowest_loss(state, record["contrastive_loss"])
+                run.log(record)
+                window = []
+            if data.held_out and due(state.step, config.eval_every, config.max_steps):
+                state = _validate(run, model, state, result.state_after, data.held_out, config)
+            stopped_by = _stop_reason(config, state, started)
+            if due(state.step, config.checkpoint_every, config.max_steps) or stopped_by:
+                run.checkpoint(model, state, result.state_after, record)
+            if stopped_by:
+                break
+        run.close()
+        return PretrainResult(run_dir, state.step, run.last_checkpoint, stopped_by or "max_steps", state.skipped_steps)
+
+
+def _build(config: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any, Any]:
+    """The model (initial weights from the seed), AdamW and the learning-rate schedule, prepared."""
+    set_seed(config.seed)
+    model: Any = build_model(config.model, config.masking)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optim = config.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                  weight_decay=optim.weight_decay, fused=accelerator.device.type == "cuda")  # fmt: skip
+    factor = functools.partial(lr_factor, warmup_steps=optim.warmup_steps, max_steps=config.max_steps,
+                               schedule=optim.schedule)  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if config.compile:
+        model = torch.compile(model)
+    return model, optimizer, scheduler
+
+
+def _open_data(config: TrainConfig, shards: list[str], cache: Path, storage_options: dict[str, Any] | None,
+               verify: bool) -> _Data:  # fmt: skip
+    """The corpora (checked against their manifests), their mixing weights, and the held-out recordings."""
+    corpora, weights = open_corpora(shards, cache, storage_options, verify=verify)
+    splits = [split_held_out(corpus, config.val_share) for corpus in corpora]
+    return _Data([train for train, _ in splits], weights, [held for _, held in splits if held is not None])
+
+
+def _open_batches(config: TrainConfig, data: _Data, accelerator: Accelerator, loader: LoaderConfig,
+                  state: StreamState | None, split: int) -> Iterable[Batch]:  # fmt: skip
+    return make_loader(data.train, config.batch, config.seed, weights=data.weights, rank=accelerator.process_index,
+                       world_size=accelerator.num_processes, state=state, loader=loader, split=split)  # fmt: skip
+
+
+def _set_temperature(accelerator: Accelerator, model: Any, config: TrainConfig, step: int) -> float:
+    gumbel = config.gumbel
+    temperature = gumbel_temperature(step, gumbel.max_temperature, gumbel.min_temperature, gumbel.decay)
+    accelerator.unwrap_model(model).set_gumbel_temperature(temperature)
+    return temperature
+
+
+def _record(state: RunState, window: list[StepResult], temperature: float, scheduler: Any, accelerator: Accelerator,
+            config: TrainConfig) -> dict[str, Any]:  # fmt: skip
+    """Means over the updates since the last record (rates over their total time), and the run's counters."""
+    count = len(window)
+    seconds = sum(r.seconds for r in window)
+    audio = sum(r.audio_samples for r in window) * accelerator.num_processes / config.batch.sample_rate
+    return {
+        "step": state.step,
+        "loss": sum(r.loss for r in window) / count,
+        "contrastive_loss": sum(r.contrastive_loss for r in window) / count,
+        "diversity_loss": sum(r.diversity_loss for r in window) / count,
+        "masked_share": sum(r.masked_share for r in window) / count,
+        "perplexity": sum(r.perplexity for r in window) / count,
+        "grad_norm": sum(r.grad_norm for r in window) / count,
+        "lr": float(scheduler.get_last_lr()[0]),
+        "gumbel_temperature": temperature,
+        "audio_seconds_per_second": audio / seconds if seconds > 0 else 0.0,
+        "data_wait_share": sum(r.data_seconds for r in window) / seconds if seconds > 0 else 0.0,
+        "peak_memory_bytes": peak_memory_bytes(accelerator.device),
+        "epochs": [c["epoch"] for c in window[-1].state_after.get("corpora", [])],
+        **state.counters(),
+    }
+
+
+def _warnings(record: dict[str, Any], state: RunState, architecture: Any, config: TrainConfig) -> list[str]:
+    """The record's health warnings, logged too (none during warm-up: early codebooks and losses say little)."""
+    if state.step <= config.optim.warmup_steps:
+        return []
+    warnings = health_warnings(record, architecture, config.guards, state.lowest_loss)
+    for warning in warnings:
+        logger.warning("step %d: %s", state.step, warning)
+    return warnings
+
+
+def _lowest_loss(state: RunState, contrastive_loss: float) -> RunState:
+    if state.lowest_loss is None or contrastive_loss < state.lowest_loss:
+        return replace(state, lowest_loss=contrastive_loss)
+    return state
+
+
+def _validate(run: Run, model: Any, state: RunState, loader_state: dict[str, Any], held_out: list[ShardCorpus],
+              config: TrainConfig) -> RunState:  # fmt: skip
+    """Evaluate on the held-out recordings; a new lowest loss replaces RUN/best. Returns the counted state."""
+    evaluation = evaluate(run.accelerator, model, held_out, config.batch, config.seed, config.max_val_batches)
+    record = evaluation.as_record()
+    state = state.after_evaluation(record["val_loss"], higher_is_better=False)
+    if state.is_best:
+        run.save_best(model, state, loader_state, record)
+    run.log({"step": state.step, **record, "best_val_loss": state.best_score})
+    return state
+
+
+def _stop_reason(config: TrainConfig, state: RunState, started: float) -> str | None:
+    """Why the run stops after this update before max_steps (None: it goes on)."""
+    if config.max_hours is not None and (time.monotonic() - started) / 3600 >= config.max_hours:
+        return "max_hours"
+    patience = config.early_stopping_patience
+    if patience is not None and state.evals_since_best >= patience:
+        return "early_stopping"
+    return None
+
+
+def _check_launcher() -> None:
+    """Refuse what the step cannot honour, and say when Accelerate will quietly ignore a config file."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise W2VError(
+            "DeepSpeed is not supported: it owns the gradients, and the pretraining step normalizes them by the "
+            "masked frames of the whole update before clipping; use configs/accelerate/fsdp.yaml (sharding) instead"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        logger.warning("FSDP needs GPUs: without one the ranks train data-parallel (DDP over gloo) on the CPU")
