@@ -33,6 +33,7 @@ from w2v.finetune.labels import ctc_processor
 from w2v.finetune.task import TaskData, label_corpora, task_loss, task_model
 from w2v.run.harness import Run, RunSpec, StepBatches, due, make_accelerator
 from w2v.run.schedule import tri_stage_factor
+from w2v.run.seeds import seed_micro_batch
 from w2v.run.update import Micro, Update, guarded_update
 
 logger = logging.getLogger("w2v.finetune")
@@ -155,7 +156,9 @@ def _open_batches(config: FinetuneConfig, data: TaskData, accelerator: Accelerat
 
 def _micro(model: Any, data: TaskData, config: FinetuneConfig, batch: Batch) -> Micro:
     """The task's loss on one micro-batch, weighted as its share of the update. A micro-batch read in pieces
-    (after running out of memory) weighs each piece's mean loss equally: close to, not exactly, the whole."""
+    (after running out of memory) weighs each piece's mean loss equally: close to, not exactly, the whole.
+    Its random draws (dropout, masks) are seeded by its place in the stream."""
+    seed_micro_batch(config.seed, batch.position, () if batch.pieces == 1 else (batch.piece,))
     loss = task_loss(model, batch, data.train[batch.corpus], config.task)
     share = (
         loss / config.gradient_accumulation
