@@ -23,6 +23,7 @@ import w2v.finetune.recipe as recipe
 from tests.data.shard_folders import Labels, write_shard_folder
 from w2v.data.collate import Batch
 from w2v.data.loader import LoaderConfig
+from w2v.doctor.run import diagnose_run
 from w2v.errors import W2VError
 from w2v.finetune.config import FinetuneConfig
 from w2v.finetune.recipe import finetune
@@ -101,6 +102,11 @@ def test_a_non_finite_batch_is_skipped_and_the_run_goes_on(
     assert all(torch.equal(second[name], third[name]) for name in second)
     assert any(not torch.equal(third[name], fourth[name]) for name in third)
     assert all(torch.isfinite(t).all() for t in _weights(complete_checkpoints(tmp_path / "run")[-1]).values())
+    # w2v doctor reads the fine-tuning run and names fine-tuning's own config keys.
+    findings = {f.check: f for f in diagnose_run(tmp_path / "run")}
+    assert findings["non_finite"].severity == "error" and findings["non_finite"].numbers["skipped_steps"] == 1
+    assert "lower lr" in findings["non_finite"].remedy and "optim." not in findings["non_finite"].remedy
+    assert {"validation", "divergence", "data_wait", "out_of_memory"} <= set(findings)
 
 
 def test_an_out_of_memory_step_is_retried_in_pieces_over_the_same_stream(

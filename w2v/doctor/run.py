@@ -1,4 +1,6 @@
 """Diagnose a training run from its metrics.jsonl and config: the design document's troubleshooting table.
+Pretraining's own checks are here; those every run gets are in training_checks, fine-tuning's in
+finetune_run.
 
 Each check reads the numbers a person would look at, and says what it saw and what to change. A healthy run
 yields only `ok` findings.
@@ -13,26 +15,31 @@ from typing import Any
 import numpy as np
 
 from w2v.doctor.findings import Finding, error, ok, warning
+from w2v.doctor.finetune_run import diagnose_finetuning
+from w2v.doctor.training_checks import PRETRAINING, data_wait, divergence, non_finite, out_of_memory, values
 from w2v.errors import W2VError
+from w2v.finetune.config import FinetuneConfig
 from w2v.run.checkpoint import TRAINER_STATE, complete_checkpoints
 from w2v.run.metrics import read_metrics
 from w2v.train.config import TrainConfig
 from w2v.train.guards import chance_contrastive_loss, collapse_below, expected_masked_share
 from w2v.train.presets import model_config
 
-DATA_WAIT_LIMIT = 0.3  # share of step time waiting for batches
 PLATEAU_RELATIVE = 0.01  # loss change over the last half of the records, relative
-DIVERGENCE_FACTOR = 1.5  # recent loss over the best loss so far
 
 
-def run_config(run_dir: Path) -> TrainConfig:
-    """The run's config, from its newest checkpoint (else config.yaml / defaults are not guessed: an error)."""
+def run_config(run_dir: Path) -> TrainConfig | FinetuneConfig:
+    """The run's config, from its newest checkpoint: a fine-tuning run's names its task. Raises W2VError when
+    there is no checkpoint or its trainer.json cannot be read (defaults are not guessed)."""
     for checkpoint in reversed(complete_checkpoints(run_dir)):
         try:
-            return TrainConfig.from_dict(json.loads((checkpoint / TRAINER_STATE).read_text())["config"])
+            values = json.loads((checkpoint / TRAINER_STATE).read_text())["config"]
+            if "task" in values:
+                return FinetuneConfig.for_task(values["task"], values)
+            return TrainConfig.from_dict(values)
         except (OSError, ValueError, KeyError) as problem:
             raise W2VError(f"{checkpoint / TRAINER_STATE}: unreadable ({problem})") from problem
-    raise W2VError(f"{run_dir}: no checkpoint to read the run's config from; is it a w2v pretrain run folder?")
+    raise W2VError(f"{run_dir}: no checkpoint to read the run's config from; is it a w2v training run folder?")
 
 
 def diagnose_run(run_dir: Path) -> list[Finding]:
@@ -43,63 +50,24 @@ def diagnose_run(run_dir: Path) -> list[Finding]:
     training = [r for r in records if "loss" in r]
     if not training:
         return [warning("metrics", "no training records yet", "let the run reach its first log step")]
+    if isinstance(config, FinetuneConfig):
+        return diagnose_finetuning(run_dir, records, config)
     return [
-        _non_finite(training),
-        _divergence(training),
+        non_finite(training, PRETRAINING),
+        divergence(training, PRETRAINING),
         _perplexity(training, config),
         _chance(training, config),
         _mask_share(training, config),
         _plateau(training, config),
-        _data_wait(training),
-        _out_of_memory(training),
+        data_wait(training),
+        out_of_memory(training),
     ]
-
-
-def _values(records: list[dict[str, Any]], key: str) -> np.ndarray:
-    return np.array([float(r[key]) for r in records if r.get(key) is not None], dtype=np.float64)
-
-
-def _non_finite(records: list[dict[str, Any]]) -> Finding:
-    last = records[-1]
-    skipped, rollbacks = int(last.get("skipped_steps", 0)), int(last.get("rollbacks", 0))
-    non_finite = int(np.sum(~np.isfinite(_values(records, "loss"))))
-    if skipped or rollbacks or non_finite:
-        return error(
-            "non_finite",
-            f"{skipped} updates skipped for a non-finite loss or gradient, {rollbacks} rollbacks, "
-            f"{non_finite} log records with a non-finite loss",
-            "lower optim.lr (e.g. halve it), keep optim.max_grad_norm (10) on, raise optim.warmup_steps, "
-            "use bf16 rather than fp16",
-            skipped_steps=skipped,
-            rollbacks=rollbacks,
-            non_finite_records=non_finite,
-        )
-    return ok("non_finite", "every update finite", skipped_steps=0)
-
-
-def _divergence(records: list[dict[str, Any]]) -> Finding:
-    losses = _values(records, "loss")
-    losses = losses[np.isfinite(losses)]
-    if losses.size < 4:
-        return ok("divergence", "too few records to judge the trend", records=float(losses.size))
-    best = float(losses.min())
-    recent = float(losses[-max(2, losses.size // 4) :].mean())
-    if recent > DIVERGENCE_FACTOR * best:
-        return error(
-            "divergence",
-            f"the loss rose from a best of {best:.3f} to {recent:.3f} (mean of the last quarter of the records)",
-            "lower optim.lr, raise optim.warmup_steps, check optim.max_grad_norm; resume from the checkpoint "
-            "before the rise",
-            best_loss=best,
-            recent_loss=recent,
-        )
-    return ok("divergence", f"recent loss {recent:.3f} within {DIVERGENCE_FACTOR}× of the best {best:.3f}")
 
 
 def _perplexity(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
     architecture = model_config(config.model, config.masking)
     codevectors = architecture.num_codevectors_per_group * architecture.num_codevector_groups
-    perplexity = _values(records, "perplexity")
+    perplexity = values(records, "perplexity")
     if perplexity.size == 0:
         return ok("perplexity", "no perplexity logged")
     recent = float(perplexity[-max(1, perplexity.size // 4) :].mean())
@@ -120,7 +88,7 @@ def _perplexity(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
 def _chance(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
     """Contrastive loss at ln(K + 1): the model tells targets from distractors no better than a guess."""
     warm = [r for r in records if r["step"] > config.optim.warmup_steps]
-    losses = _values(warm, "contrastive_loss")
+    losses = values(warm, "contrastive_loss")
     losses = losses[np.isfinite(losses)]
     chance = chance_contrastive_loss(config.masking.num_negatives)
     if losses.size < 4:
@@ -150,7 +118,7 @@ def _chance(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
 
 
 def _mask_share(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
-    shares = _values(records, "masked_share")
+    shares = values(records, "masked_share")
     if shares.size == 0:
         return ok("mask_share", "no masked share logged")
     share = float(shares.mean())
@@ -169,8 +137,8 @@ def _mask_share(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
 
 
 def _plateau(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
-    losses = _values(records, "loss")
-    steps = _values(records, "step")
+    losses = values(records, "loss")
+    steps = values(records, "step")
     if losses.size < 8 or steps[-1] <= config.optim.warmup_steps:
         return ok("plateau", "too early to judge convergence")
     half = losses.size // 2
@@ -185,34 +153,3 @@ def _plateau(records: list[dict[str, Any]], config: TrainConfig) -> Finding:
             relative_change=change,
         )
     return ok("plateau", f"loss still falling ({100 * change:.1f} % over the last half)")
-
-
-def _data_wait(records: list[dict[str, Any]]) -> Finding:
-    waits = _values(records, "data_wait_share")
-    if waits.size == 0:
-        return ok("data_wait", "no data wait logged")
-    wait = float(waits[-max(1, waits.size // 2) :].mean())
-    if wait > DATA_WAIT_LIMIT:
-        return warning(
-            "data_wait",
-            f"{100 * wait:.0f} % of each step waiting for batches",
-            "more loader workers (--workers), shards on local disk (staged, not network storage), or a "
-            "larger batch budget so each step computes longer",
-            data_wait_share=wait,
-        )
-    return ok("data_wait", f"{100 * wait:.0f} % of step time waiting for data")
-
-
-def _out_of_memory(records: list[dict[str, Any]]) -> Finding:
-    events = int(max((r.get("oom_events", 0) for r in records), default=0))
-    split = int(max((r.get("micro_batch_split", 1) for r in records), default=1))
-    if events:
-        return warning(
-            "out_of_memory",
-            f"{events} out-of-memory steps; micro-batches now read in {split} pieces",
-            "lower batch.max_batch_seconds (and raise gradient_accumulation to keep the update), turn on "
-            "gradient_checkpointing, use bf16 mixed_precision",
-            oom_events=events,
-            micro_batch_split=split,
-        )
-    return ok("out_of_memory", "no out-of-memory steps")

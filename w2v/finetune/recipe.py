@@ -170,10 +170,15 @@ def _micro(model: Any, data: TaskData, config: FinetuneConfig, batch: Batch) -> 
 
 
 def _means(window: list[Update]) -> dict[str, float]:
-    """The loss (mean over micro-batches) and gradient norm (mean over updates) since the last record."""
-    loss_sum = sum(u.totals[0] for u in window)
-    count = sum(u.totals[1] for u in window)
-    return {"loss": loss_sum / max(count, 1.0), "grad_norm": sum(u.grad_norm for u in window) / len(window)}
+    """The loss (mean over micro-batches), gradient norm (mean over updates) and share of time spent waiting
+    for batches since the last record."""
+    loss_sum, count = sum(u.totals[0] for u in window), sum(u.totals[1] for u in window)
+    seconds = sum(u.seconds for u in window)
+    return {
+        "loss": loss_sum / max(count, 1.0),
+        "grad_norm": sum(u.grad_norm for u in window) / len(window),
+        "data_wait_share": sum(u.data_seconds for u in window) / seconds if seconds > 0 else 0.0,
+    }
 
 
 def _save_tokenizer(data: TaskData, sample_rate: int, folder: Path) -> None:
