@@ -14,7 +14,7 @@ import pytest
 from w2v.doctor.report import exit_status
 from w2v.doctor.run import diagnose_run
 from w2v.train.config import TrainConfig
-from w2v.train.guards import expected_masked_share
+from w2v.train.health import expected_masked_share
 
 CONFIG = TrainConfig.from_dict({"model": {"preset": "tiny"}, "optim": {"warmup_steps": 10}, "max_steps": 1000})
 EXPECTED_SHARE = expected_masked_share(CONFIG.masking.mask_time_prob)

@@ -13,7 +13,7 @@ from w2v.data.loader import LoaderConfig
 from w2v.errors import W2VError
 from w2v.run.metrics import read_metrics
 from w2v.train.config import GuardConfig, MaskingConfig, ModelConfig, TrainConfig
-from w2v.train.guards import expected_masked_share, health_warnings
+from w2v.train.health import expected_masked_share, health_warnings
 from w2v.train.presets import model_config
 from w2v.train.recipe import pretrain
 

@@ -22,7 +22,7 @@ from w2v.finetune.config import FinetuneConfig
 from w2v.run.checkpoint import TRAINER_STATE, complete_checkpoints
 from w2v.run.metrics import read_metrics
 from w2v.train.config import TrainConfig
-from w2v.train.guards import chance_contrastive_loss, collapse_below, expected_masked_share
+from w2v.train.health import chance_contrastive_loss, collapse_below, expected_masked_share
 from w2v.train.presets import model_config
 
 PLATEAU_RELATIVE = 0.01  # loss change over the last half of the records, relative

@@ -27,6 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from w2v.data.collate import Batch
 from w2v.data.stream import StreamState
+from w2v.errors import W2VError
 from w2v.run.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_best, save_checkpoint
 from w2v.run.config import StepGuards
 from w2v.run.guards import needs_rollback, roll_back, smaller_micro_batches
@@ -41,7 +42,8 @@ def make_accelerator(mixed_precision: str, *, unused_parameters: bool = False) -
     """The Accelerator of a run: on the CPU when there is no GPU (only then does Accelerate join the ranks
     torchrun started, over gloo); the scheduler stepped once per update (our schedules count updates, and
     Accelerate would otherwise step it once per rank). `unused_parameters`: DDP must expect parameters
-    without gradients (layer drop skips layers at random per rank)."""
+    without gradients (layer drop skips layers at random per rank). Raises W2VError under DeepSpeed."""
+    _check_launcher()
     transformers.utils.logging.disable_progress_bar()
     ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)
     return Accelerator(
@@ -50,6 +52,18 @@ def make_accelerator(mixed_precision: str, *, unused_parameters: bool = False) -
         kwargs_handlers=[ddp],
         step_scheduler_with_optimizer=False,
     )
+
+
+def _check_launcher() -> None:
+    """Refuse what the step cannot honour, and say when Accelerate will quietly ignore a config file."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise W2VError(
+            "DeepSpeed is not supported: it owns the gradients, and a w2v update rescales them over the whole "
+            "update (pretraining: by its masked frames) before clipping; use configs/accelerate/fsdp.yaml "
+            "(sharding) instead"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        logger.warning("FSDP needs GPUs: without one the ranks train data-parallel (DDP over gloo) on the CPU")
 
 
 @contextmanager

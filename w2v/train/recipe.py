@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,14 @@ from w2v.data.corpus import ShardCorpus, split_held_out
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora
 from w2v.data.stream import StreamState
-from w2v.errors import W2VError
 from w2v.run.harness import Run, RunSpec, StepBatches, deterministic_algorithms, due, make_accelerator
-from w2v.run.metrics import peak_memory_bytes
 from w2v.run.schedule import lr_factor
 from w2v.run.state import RunState
 from w2v.ssl.objective import gumbel_temperature
 from w2v.train.config import TrainConfig
 from w2v.train.evaluate import evaluate
-from w2v.train.guards import health_warnings
 from w2v.train.presets import build_model, model_config
+from w2v.train.record import log_record, record_warnings, with_lowest_loss
 from w2v.train.step import StepResult, train_step
 
 logger = logging.getLogger("w2v.train")
@@ -78,7 +75,6 @@ def pretrain(
     diverges past its rollbacks or a single utterance does not fit in memory."""
     started, run_dir = time.monotonic(), Path(run_dir)
     if accelerator is None:
-        _check_launcher()
         layerdrop = float(model_config(config.model, config.masking).layerdrop)
         accelerator = make_accelerator(config.mixed_precision, unused_parameters=layerdrop > 0)
     with deterministic_algorithms(config.deterministic):
@@ -108,9 +104,9 @@ def pretrain(
                 on_step(state.step, result)
             record: dict[str, Any] = {}
             if due(state.step, config.log_every, config.max_steps):
-                record = _record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
-                record["warnings"] = _warnings(record, state, accelerator.unwrap_model(model).config, config)
-                state = _lowest_loss(state, record["contrastive_loss"])
+                record = log_record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
+                record["warnings"] = record_warnings(record, state, accelerator.unwrap_model(model).config, config)
+                state = with_lowest_loss(state, record["contrastive_loss"])
                 run.log(record)
                 window = []
             if data.held_out and due(state.step, config.eval_every, config.max_steps):
@@ -163,46 +159,6 @@ def _set_temperature(accelerator: Accelerator, model: Any, config: TrainConfig, 
     return temperature
 
 
-def _record(state: RunState, window: list[StepResult], temperature: float, scheduler: Any, accelerator: Accelerator,
-            config: TrainConfig) -> dict[str, Any]:  # fmt: skip
-    """Means over the updates since the last record (rates over their total time), and the run's counters."""
-    count = len(window)
-    seconds = sum(r.seconds for r in window)
-    audio = sum(r.audio_samples for r in window) * accelerator.num_processes / config.batch.sample_rate
-    return {
-        "step": state.step,
-        "loss": sum(r.loss for r in window) / count,
-        "contrastive_loss": sum(r.contrastive_loss for r in window) / count,
-        "diversity_loss": sum(r.diversity_loss for r in window) / count,
-        "masked_share": sum(r.masked_share for r in window) / count,
-        "perplexity": sum(r.perplexity for r in window) / count,
-        "grad_norm": sum(r.grad_norm for r in window) / count,
-        "lr": float(scheduler.get_last_lr()[0]),
-        "gumbel_temperature": temperature,
-        "audio_seconds_per_second": audio / seconds if seconds > 0 else 0.0,
-        "data_wait_share": sum(r.data_seconds for r in window) / seconds if seconds > 0 else 0.0,
-        "peak_memory_bytes": peak_memory_bytes(accelerator.device),
-        "epochs": [c["epoch"] for c in window[-1].state_after.get("corpora", [])],
-        **state.counters(),
-    }
-
-
-def _warnings(record: dict[str, Any], state: RunState, architecture: Any, config: TrainConfig) -> list[str]:
-    """The record's health warnings, logged too (none during warm-up: early codebooks and losses say little)."""
-    if state.step <= config.optim.warmup_steps:
-        return []
-    warnings = health_warnings(record, architecture, config.guards, state.lowest_loss)
-    for warning in warnings:
-        logger.warning("step %d: %s", state.step, warning)
-    return warnings
-
-
-def _lowest_loss(state: RunState, contrastive_loss: float) -> RunState:
-    if state.lowest_loss is None or contrastive_loss < state.lowest_loss:
-        return replace(state, lowest_loss=contrastive_loss)
-    return state
-
-
 def _validate(run: Run, model: Any, state: RunState, loader_state: dict[str, Any], held_out: list[ShardCorpus],
               config: TrainConfig) -> RunState:  # fmt: skip
     """Evaluate on the held-out recordings; a new lowest loss replaces RUN/best. Returns the counted state."""
@@ -223,14 +179,3 @@ def _stop_reason(config: TrainConfig, state: RunState, started: float) -> str | 
     if patience is not None and state.evals_since_best >= patience:
         return "early_stopping"
     return None
-
-
-def _check_launcher() -> None:
-    """Refuse what the step cannot honour, and say when Accelerate will quietly ignore a config file."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        raise W2VError(
-            "DeepSpeed is not supported: it owns the gradients, and the pretraining step normalizes them by the "
-            "masked frames of the whole update before clipping; use configs/accelerate/fsdp.yaml (sharding) instead"
-        )
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
-        logger.warning("FSDP needs GPUs: without one the ranks train data-parallel (DDP over gloo) on the CPU")
