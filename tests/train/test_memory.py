@@ -17,6 +17,7 @@ from w2v.data.plan import BatchConfig
 from w2v.errors import W2VError
 from w2v.run.checkpoint import complete_checkpoints
 from w2v.run.guards import smaller_micro_batches
+from w2v.run.harness import StepReport
 from w2v.run.memory import MARKER, SIMULATE_ENV, OutOfMemory, marker_split
 from w2v.run.metrics import read_metrics
 from w2v.run.state import RunState
@@ -71,7 +72,10 @@ def test_a_split_loader_reads_the_same_utterances_in_pieces(shards: Path) -> Non
 def test_an_out_of_memory_step_is_retried_in_halves_and_the_run_reads_the_same_stream(
     shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plain = pretrain(_config(), [str(shards)], tmp_path / "plain", loader=LoaderConfig(num_workers=0))
+    reports: list[StepReport] = []
+    plain = pretrain(_config(), [str(shards)], tmp_path / "plain", loader=LoaderConfig(num_workers=0),
+                     on_step=reports.append)  # fmt: skip
+    assert [(r.step, r.max_steps) for r in reports] == [(k, 6) for k in range(1, 7)]  # the progress bar's
     monkeypatch.setenv(SIMULATE_ENV, "70000")  # 3 rows × 32,000 do not fit; 2 rows do
     guarded = pretrain(_config(), [str(shards)], tmp_path / "guarded", loader=LoaderConfig(num_workers=0))
     assert guarded.steps == plain.steps == 6 and guarded.skipped_steps == 0

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from w2v.cli.progress import training_progress
 from w2v.cli.root import VerifyShards, app, console, fail
 from w2v.errors import W2VError
 
@@ -43,16 +44,18 @@ def finetune(
             overrides.append(f"{key}={value}")
     try:
         settings = FinetuneConfig.from_yaml(task, config, overrides)
-        result = run_finetuning(
-            settings,
-            pretrained,
-            train,
-            valid,
-            output,
-            resume=resume,
-            loader=LoaderConfig(num_workers=workers),
-            verify_shards=verify_shards,
-        )
+        with training_progress(f"finetune {task}") as on_step:
+            result = run_finetuning(
+                settings,
+                pretrained,
+                train,
+                valid,
+                output,
+                resume=resume,
+                loader=LoaderConfig(num_workers=workers),
+                verify_shards=verify_shards,
+                on_step=on_step,
+            )
     except W2VError as error:
         fail(str(error))
     console.print(f"[green]{output}[/]: {result.steps} steps; best model {result.best}", soft_wrap=True)

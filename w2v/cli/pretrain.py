@@ -4,14 +4,12 @@ pretrain flow: stage, train, evaluate, upload, report)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from w2v.cli.progress import training_progress
 from w2v.cli.root import CredentialsBlock, VerifyShards, app, console, fail, parse_storage_options, prefect_api
 from w2v.errors import W2VError
 
@@ -51,7 +49,7 @@ def pretrain(
             train_config = TrainConfig.from_yaml(config, overrides)
         else:
             train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
-        with _training_progress(train_config.max_steps, train_config.batch.sample_rate) as on_step:
+        with training_progress("pretrain") as on_step:
             result = run_pretraining(
                 train_config,
                 shards,
@@ -119,18 +117,3 @@ def pipeline(
     console.print(
         f"report: {result['report']}; TensorBoard: tensorboard --logdir {result['tensorboard']}", soft_wrap=True
     )
-
-
-@contextmanager
-def _training_progress(max_steps: int, sample_rate: int) -> Iterator[Callable[[int, Any], None]]:
-    """A progress bar of updates with the latest loss, on a terminal (and silent in logs, e.g. under Prefect)."""
-    columns = [TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}")]
-    with Progress(*columns, TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task("pretrain", total=max_steps, status="")
-
-        def on_step(step: int, result: Any) -> None:
-            rate = result.audio_samples / sample_rate / max(result.seconds, 1e-9)
-            status = f"loss {result.loss:.3f}  {rate:.0f} audio-s/s"
-            progress.update(task, completed=step, status=status)
-
-        yield on_step

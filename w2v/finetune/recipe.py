@@ -31,7 +31,7 @@ from w2v.finetune.evaluate import evaluate_task
 from w2v.finetune.freeze import apply_freeze
 from w2v.finetune.labels import ctc_processor
 from w2v.finetune.task import TaskData, label_corpora, task_loss, task_model
-from w2v.run.harness import Run, RunSpec, StepBatches, due, make_accelerator
+from w2v.run.harness import OnStep, Run, RunSpec, StepBatches, StepReport, due, make_accelerator
 from w2v.run.schedule import tri_stage_factor
 from w2v.run.seeds import seed_micro_batch
 from w2v.run.update import Micro, Update, guarded_update
@@ -68,8 +68,10 @@ def finetune(
     storage_options: dict[str, Any] | None = None,
     loader: LoaderConfig | None = None,
     verify_shards: bool = True,
+    on_step: OnStep | None = None,
 ) -> FinetuneResult:
-    """Fine-tune `pretrained` (a model folder) for `config.task` into `run_dir`, or go on with a run there.
+    """Fine-tune `pretrained` (a model folder) for `config.task` into `run_dir`, or go on with a run there;
+    `on_step` hears of each update on the main process (the command line's progress bar).
     Raises W2VError on missing labels, a folder that is not a model, or a run that diverges past its rollbacks."""
     run_dir = Path(run_dir)
     accelerator = make_accelerator(config.mixed_precision)
@@ -102,6 +104,8 @@ def finetune(
         if result is None:  # to be redone in smaller pieces, or rolled back to a checkpoint
             continue
         window.append(result)
+        if on_step is not None and accelerator.is_main_process:
+            on_step(_report(state.step, cadence.max_steps, result, config.batch.sample_rate))
         if due(state.step, config.log_every, cadence.max_steps):
             run.log({"step": state.step, **_means(window), "lr": float(scheduler.get_last_lr()[0]),
                      **state.counters()})  # fmt: skip
@@ -179,6 +183,11 @@ def _means(window: list[Update]) -> dict[str, float]:
         "grad_norm": sum(u.grad_norm for u in window) / len(window),
         "data_wait_share": sum(u.data_seconds for u in window) / seconds if seconds > 0 else 0.0,
     }
+
+
+def _report(step: int, max_steps: int, update: Update, sample_rate: int) -> StepReport:
+    rate = update.audio_samples / sample_rate / max(update.seconds, 1e-9)
+    return StepReport(step, max_steps, update.totals[0] / max(update.totals[1], 1.0), rate)
 
 
 def _save_tokenizer(data: TaskData, sample_rate: int, folder: Path) -> None:

@@ -79,6 +79,20 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """What a progress display is told after each update (on the main process): `w2v pretrain` and
+    `w2v finetune` draw their progress bars from it."""
+
+    step: int
+    max_steps: int
+    loss: float
+    audio_seconds_per_second: float  # this rank's
+
+
+OnStep = Callable[[StepReport], None]
+
+
 def due(step: int, every: int, last: int) -> bool:
     """Whether a periodic action (log, evaluate, checkpoint) falls on `step`: every `every`, and at the end."""
     return step % every == 0 or step == last

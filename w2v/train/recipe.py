@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,16 @@ from w2v.data.corpus import ShardCorpus, split_held_out
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora
 from w2v.data.stream import StreamState
-from w2v.run.harness import Run, RunSpec, StepBatches, deterministic_algorithms, due, make_accelerator
+from w2v.run.harness import (
+    OnStep,
+    Run,
+    RunSpec,
+    StepBatches,
+    StepReport,
+    deterministic_algorithms,
+    due,
+    make_accelerator,
+)
 from w2v.run.schedule import lr_factor
 from w2v.run.state import RunState
 from w2v.ssl.objective import gumbel_temperature
@@ -66,11 +75,11 @@ def pretrain(
     storage_options: dict[str, Any] | None = None,
     loader: LoaderConfig | None = None,
     accelerator: Accelerator | None = None,
-    on_step: Callable[[int, StepResult], None] | None = None,
+    on_step: OnStep | None = None,
     verify_shards: bool = True,
 ) -> PretrainResult:
-    """Train (or go on training) into `run_dir`; `on_step(step, result)` is called after each update on the
-    main process (the command line draws its progress bar with it). Every shard is checked against its
+    """Train (or go on training) into `run_dir`; `on_step` hears of each update on the main process (the
+    command line draws its progress bar with it). Every shard is checked against its
     manifest before step 1 (`verify_shards=False` skips it: fast and unsafe). Raises W2VError when the run
     diverges past its rollbacks or a single utterance does not fit in memory."""
     started, run_dir = time.monotonic(), Path(run_dir)
@@ -101,7 +110,8 @@ def pretrain(
                 continue
             window.append((state.step, result))
             if on_step is not None and accelerator.is_main_process:
-                on_step(state.step, result)
+                rate = result.audio_samples / config.batch.sample_rate / max(result.seconds, 1e-9)
+                on_step(StepReport(state.step, config.max_steps, result.loss, rate))
             record: dict[str, Any] = {}
             if due(state.step, config.log_every, config.max_steps):
                 record = log_record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
