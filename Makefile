@@ -48,7 +48,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 unit: venv system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 test: lint unit
 

@@ -66,7 +66,7 @@ def test_every_file_exists_with_claimed_format(built: tuple[Path, list[CorpusFil
         sf.info(str(root / "notaudio.wav"))
 
 
-def test_sample_content(built: tuple[Path, list[CorpusFile]]) -> None:
+def test_each_file_holds_the_audio_its_name_promises(built: tuple[Path, list[CorpusFile]]) -> None:
     root, _ = built
     long, rate = sf.read(root / "long_3min.wav", dtype="float32")
     assert abs(len(long) / rate - LONG_SECONDS) <= 1.0
@@ -101,7 +101,7 @@ def test_truncated_flac_is_broken(built: tuple[Path, list[CorpusFile]]) -> None:
     assert len(data) < header_frames
 
 
-def test_metadata_rows(built: tuple[Path, list[CorpusFile]]) -> None:
+def test_metadata_lists_every_good_file_with_a_unique_text_and_a_speaker(built: tuple[Path, list[CorpusFile]]) -> None:
     root, files = built
     lines = (root / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines]

@@ -123,7 +123,8 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resolve_resume(run_dir: Path, resume: str) -> Path | None:
-    """`auto`: the newest complete checkpoint, if any; `never`: none; otherwise a checkpoint folder."""
+    """The checkpoint to resume from, or None: `auto` the newest complete one (None when there is none),
+    `never` None, otherwise the folder given. Raises W2VError when that folder is not a complete checkpoint."""
     if resume == "never":
         return None
     if resume == "auto":
@@ -136,7 +137,8 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
-    """Restore the Accelerate state (weights, optimizer, scheduler, scaler, RNG) and return the trainer state."""
+    """Restore the Accelerate state (weights, optimizer, scheduler, scaler, RNG) and return the trainer state.
+    Raises W2VError when the checkpoint's trainer.json cannot be read."""
     try:
         data = json.loads((path / TRAINER_STATE).read_text())
     except (OSError, ValueError) as error:

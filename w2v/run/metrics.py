@@ -61,6 +61,7 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of RUN/metrics.jsonl, oldest first (none when the run has not logged yet)."""
     path = run_dir / METRICS_NAME
     if not path.exists():
         return []
