@@ -6,12 +6,9 @@ seconds per run (the kill, through the command line, runs for CTC only)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from safetensors.torch import load_file
 
 import w2v.finetune.recipe as recipe
 from tests.data.shard_folders import Labels, write_shard_folder
+from tests.kill import kill_after_first_checkpoint
 from w2v.data.collate import Batch
 from w2v.data.loader import LoaderConfig
 from w2v.doctor.run import diagnose_run
@@ -195,15 +193,8 @@ def test_a_killed_fine_tune_resumes_to_the_weights_of_an_uninterrupted_run(
                "--train", str(train), "--valid", str(valid), "--output", str(run), "--workers", "0"]  # fmt: skip
     for override in overrides:
         command += ["--set", override]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not complete_checkpoints(run):
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert complete_checkpoints(run)[-1].name != "step-00000012", "the run finished before it could be killed"
+    killed_at = kill_after_first_checkpoint(command, run)
+    assert killed_at != "step-00000012", "the run finished before it could be killed"
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     resumed, expected = _weights(complete_checkpoints(run)[-1]), _weights(reference.last_checkpoint or Path())

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from transformers import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
 from tests.conftest import Prepared
 from tests.data.shard_folders import write_shard_folder
+from tests.kill import kill_after_first_checkpoint
 from w2v.data.loader import LoaderConfig
 from w2v.errors import W2VError
 from w2v.run.checkpoint import complete_checkpoints
@@ -70,15 +68,7 @@ def test_killed_and_resumed_training_ends_with_the_weights_of_an_uninterrupted_r
     run = tmp_path / "run"
     command = [sys.executable, "-m", "w2v", "pretrain", "--shards", str(shards), "--output", str(run)]
     command += ["--config", str(config_file), "--workers", "2"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not complete_checkpoints(run):
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    killed_at = complete_checkpoints(run)[-1].name
+    killed_at = kill_after_first_checkpoint(command, run)
     assert killed_at != "step-00000040", "the run finished before it could be killed"
 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

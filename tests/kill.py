@@ -1,0 +1,27 @@
+"""Kill -9 a training command once it has written its first checkpoint, as a preempted node would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from w2v.run.checkpoint import complete_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kill_after_first_checkpoint(command: list[str], run: Path, timeout: float = 180) -> str:
+    """Start `command` (which trains into `run`), SIGKILL it as soon as a checkpoint is complete, and return
+    the newest checkpoint's name at that moment. Fails the test if the command dies first or is too slow."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while not complete_checkpoints(run):
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert time.monotonic() < deadline, f"no checkpoint within {timeout} s"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return complete_checkpoints(run)[-1].name
