@@ -97,17 +97,18 @@ def finetune(
                                accumulation=config.gradient_accumulation,
                                max_grad_norm=config.max_grad_norm)  # fmt: skip
 
-    window: list[Update] = []  # the updates since the last log record
+    window: list[tuple[int, Update]] = []  # the updates since the last log record
     higher_is_better = config.task != "ctc"
     while state.step < cadence.max_steps:
         state, result = run.guarded_step(state, batches, update, scheduler)
         if result is None:  # to be redone in smaller pieces, or rolled back to a checkpoint
+            window = [(step, u) for step, u in window if step <= state.step]
             continue
-        window.append(result)
+        window.append((state.step, result))
         if on_step is not None and accelerator.is_main_process:
             on_step(_report(state.step, cadence.max_steps, result, config.batch.sample_rate))
         if due(state.step, config.log_every, cadence.max_steps):
-            run.log({"step": state.step, **_means(window), "lr": float(scheduler.get_last_lr()[0]),
+            run.log({"step": state.step, **_means([u for _, u in window]), "lr": float(scheduler.get_last_lr()[0]),
                      **state.counters()})  # fmt: skip
             window = []
         if due(state.step, cadence.eval_every, cadence.max_steps):
