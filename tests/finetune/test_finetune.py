@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import pipeline
 
 from tests.finetune.labelled_corpus import write_labelled_corpus
@@ -90,6 +91,36 @@ def test_a_finished_run_resumes_reports_its_evaluation_and_goes_on_to_more_steps
     assert more.steps == 6
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps == [2, 3, 4, 6]
+
+
+def test_a_random_init_anchor_keeps_the_architecture_and_draws_fresh_weights_from_its_seed(
+    corpus: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The speaker task trains only its head: the backbone saved after one update is the one it started from."""
+    train, valid, _ = corpus
+    torch.manual_seed(123)  # not seed 0: a random init with the fine-tune's seed would draw these very weights
+    pretrained = tmp_path / "pretrained"
+    build_model(ModelConfig(preset="tiny"), MaskingConfig()).save_pretrained(pretrained)
+
+    def backbone(name: str, **values: object) -> dict[str, torch.Tensor]:
+        config = FinetuneConfig.for_task("speaker", {**SMALL, "max_steps": 1, **values})
+        result = finetune(config, pretrained, [str(train)], [str(valid)], tmp_path / name, loader=LoaderConfig(0))
+        assert result.best is not None
+        weights = load_file(result.best / "model" / "model.safetensors")
+        return {k: v for k, v in weights.items() if k.startswith("wav2vec2.encoder.")}
+
+    original = {
+        k: v for k, v in load_file(pretrained / "model.safetensors").items() if k.startswith("wav2vec2.encoder.")
+    }
+    assert original
+    from_pretrained, fresh, again, other = (backbone("pretrained"), backbone("fresh", random_init=True),
+                                            backbone("again", random_init=True),
+                                            backbone("other", random_init=True, seed=1))  # fmt: skip
+    assert all(torch.equal(from_pretrained[k], v) for k, v in original.items())
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in original.items()}
+    assert not all(torch.equal(fresh[k], v) for k, v in original.items())
+    assert all(torch.equal(again[k], v) for k, v in fresh.items())
+    assert not all(torch.equal(other[k], v) for k, v in fresh.items())
 
 
 def test_task_defaults_follow_the_design_table_and_freezing_counts_layers() -> None:

@@ -25,6 +25,12 @@ def finetune(
         float | None, typer.Option(help="Frozen transformer layers: a share (0.33) or a count (4).")
     ] = None,
     head_only: Annotated[bool | None, typer.Option(help="Train only the task head.")] = None,
+    random_init: Annotated[
+        bool | None,
+        typer.Option(
+            help="Fresh weights of --pretrained's architecture: the anchor that shows what pretraining bought."
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Updates (default: the task's epochs).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: lr=3e-5 (repeatable).")] = (
         None
@@ -39,7 +45,12 @@ def finetune(
     from w2v.finetune.recipe import finetune as run_finetuning
 
     overrides = list(set_ or [])
-    for key, value in (("freeze.layers", freeze_layers), ("freeze.head_only", head_only), ("max_steps", max_steps)):
+    for key, value in (
+        ("freeze.layers", freeze_layers),
+        ("freeze.head_only", head_only),
+        ("random_init", random_init),
+        ("max_steps", max_steps),
+    ):
         if value is not None:
             overrides.append(f"{key}={value}")
     try:

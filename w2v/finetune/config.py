@@ -65,6 +65,9 @@ class SpecAugmentConfig:
 class FinetuneConfig:
     task: str = "ctc"
     seed: int = 0
+    # Start from the pretrained folder's architecture with fresh weights (drawn from `seed`) instead of its
+    # weights: the anchor that shows what pretraining bought, on the same data, budget and head.
+    random_init: bool = False
     lr: float = 1e-4
     epochs: float = 5.0
     max_steps: int | None = None  # overrides epochs when given

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
-from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification
+from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification
 
 from w2v.data.collate import Batch
 from w2v.data.corpus import ShardCorpus
@@ -93,7 +93,8 @@ def _labelled(
 
 
 def task_model(config: FinetuneConfig, pretrained: Path, data: TaskData) -> Any:
-    """The task's transformers model on the pretrained weights, with a new head and SpecAugment masking.
+    """The task's transformers model on the pretrained weights (with `config.random_init`, on fresh weights of
+    the same architecture, drawn from torch's current seed), with a new head and SpecAugment masking.
     Raises W2VError when `pretrained` is not a model folder."""
     spec = config.specaugment
     common = {
@@ -109,21 +110,23 @@ def task_model(config: FinetuneConfig, pretrained: Path, data: TaskData) -> Any:
         if config.task == "ctc":
             tokenizer = data.tokenizer
             assert tokenizer is not None
-            return Wav2Vec2ForCTC.from_pretrained(pretrained, vocab_size=len(tokenizer),
-                                                  pad_token_id=tokenizer.pad_token_id, ctc_loss_reduction="mean",
-                                                  ctc_zero_infinity=True, **common)  # fmt: skip
+            return _load(Wav2Vec2ForCTC, pretrained, config.random_init, vocab_size=len(tokenizer),
+                         pad_token_id=tokenizer.pad_token_id, ctc_loss_reduction="mean", ctc_zero_infinity=True,
+                         **common)  # fmt: skip
         classes = data.classes
-        return Wav2Vec2ForSequenceClassification.from_pretrained(
-            pretrained,
-            num_labels=len(classes),
-            label2id={c: k for k, c in enumerate(classes)},
-            id2label=dict(enumerate(classes)),
-            **common,
-        )
+        return _load(Wav2Vec2ForSequenceClassification, pretrained, config.random_init, num_labels=len(classes),
+                     label2id={c: k for k, c in enumerate(classes)}, id2label=dict(enumerate(classes)),
+                     **common)  # fmt: skip
     except OSError as error:
         raise W2VError(f"{pretrained}: not a model folder ({error}); pass CHECKPOINT/model") from error
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
+
+
+def _load(kind: Any, pretrained: Path, random_init: bool, **settings: Any) -> Any:
+    if not random_init:
+        return kind.from_pretrained(pretrained, **settings)
+    return kind(Wav2Vec2Config.from_pretrained(pretrained, **settings))
 
 
 def batch_targets(batch: Batch, labelled: Labelled, task: str, device: torch.device) -> torch.Tensor:
