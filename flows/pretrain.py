@@ -7,6 +7,7 @@ checkpoint) → evaluate the best model on the held-out recordings → upload it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +17,44 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
 from flows.tasks import TRAINING_TAG, accelerate_launch, stage, train, upload
-from w2v.atomic import write_text_atomic
+from w2v.atomic import write_bytes_atomic, write_text_atomic
 from w2v.errors import W2VError
 from w2v.run.checkpoint import BEST, complete_checkpoints
 from w2v.run.metrics import read_metrics
 from w2v.train.config import resolve_config_path
 from w2v.train.evaluate import evaluate_checkpoint
 from w2v.train.probe import ProbeConfig
-from w2v.train.report import training_report_markdown
+from w2v.train.report import training_plot_png, training_report_markdown
 
 REPORT = "report.md"
+EVALUATION = "evaluation.json"
+CURVES = "learning-curves.png"
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_best(model_dir: Path, shards: list[str], verify_shards: bool = True) -> dict[str, Any]:
+def evaluate_best(model_dir: Path, shards: list[str], run_dir: Path, verify_shards: bool = True) -> dict[str, Any]:
+    """The checkpoint on the held-out recordings ({} when there are none), also written to RUN/evaluation.json
+    as `w2v evaluate` prints it, with the checkpoint it scored."""
     try:
         # With linear probes on the speaker and label columns, where the shards carry them. The shards are
         # on record as checked by the stage task: checking them again costs a stat per shard.
-        return evaluate_checkpoint(model_dir, shards, probe=ProbeConfig(), verify_shards=verify_shards).as_record()
+        evaluation = evaluate_checkpoint(model_dir, shards, probe=ProbeConfig(), verify_shards=verify_shards)
     except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
         get_run_logger().warning("no evaluation: %s", error)
         return {}
+    saved = {"checkpoint": str(model_dir), **evaluation.as_record(prefix="")}
+    write_text_atomic(run_dir / EVALUATION, json.dumps(saved, indent=1))
+    return evaluation.as_record()
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(run_dir: Path, extra: dict[str, Any]) -> Path:
-    """The training report as a flow-run artifact, and as RUN/report.md (outlives an ephemeral API)."""
-    markdown = training_report_markdown(read_metrics(run_dir), str(run_dir), extra)
+    """The training report as a flow-run artifact, and as RUN/report.md with its learning curves as
+    RUN/learning-curves.png (both outlive an ephemeral API)."""
+    records = read_metrics(run_dir)
+    plot = training_plot_png(records, f"pretraining: {run_dir.name}")
+    write_bytes_atomic(run_dir / CURVES, plot)
+    markdown = training_report_markdown(records, str(run_dir), extra, plot)
     create_markdown_artifact(key="pretraining-report", markdown=markdown, description=f"pretrain into {run_dir}")
     path = run_dir / REPORT
     write_text_atomic(path, markdown)
@@ -87,7 +99,7 @@ def pretrain_flow(
     with tags(concurrency_tag):
         train(command)
     published = run_dir / BEST if (run_dir / BEST).is_dir() else _last_checkpoint(run_dir)
-    evaluation = evaluate_best(published / "model", staged, verify_shards)
+    evaluation = evaluate_best(published / "model", staged, run_dir, verify_shards)
     destination = upload_to or str(run_dir / "uploaded" / published.name)
     uploaded = upload(published, destination, storage)
     report = publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})

@@ -11,7 +11,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 from transformers import Wav2Vec2ForPreTraining
 
-from flows.pretrain import pretrain_flow
+from flows.pretrain import CURVES, EVALUATION, pretrain_flow
 from tests.data.shard_folders import write_shard_folder
 from tests.flows.artifacts import newest_artifact_markdown
 from w2v.upload import MARKER
@@ -53,3 +53,8 @@ def test_the_flow_trains_evaluates_uploads_the_best_model_and_reports(tmp_path: 
     Wav2Vec2ForPreTraining.from_pretrained(bucket / "model")
     assert "# Pretraining report" in markdown and "val loss" in markdown
     assert "![training curves](data:image/png;base64," in markdown
+    assert (tmp_path / "run" / CURVES).read_bytes().startswith(b"\x89PNG")
+    assert result["evaluation"]["val_contrastive_chance"] == pytest.approx(1 / 21)
+    saved = json.loads((tmp_path / "run" / EVALUATION).read_text())
+    assert saved["checkpoint"] == str(tmp_path / "run" / "best" / "model")
+    assert {f"val_{k}": v for k, v in saved.items() if k != "checkpoint"} == result["evaluation"]

@@ -39,6 +39,7 @@ class Evaluation:
     perplexity: float
     masked_frames: int
     batches: int
+    contrastive_chance: float  # the accuracy of a guess among the positive and the negatives: 1 / (K + 1)
     probes: tuple[ProbeComparison, ...] = ()  # linear probes (evaluate_checkpoint with a ProbeConfig)
 
     def as_record(self, prefix: str = "val_") -> dict[str, Any]:
@@ -110,6 +111,7 @@ def evaluate(
         perplexity=float(totals[5]) / max(float(totals[6]), 1.0),
         masked_frames=int(totals[4]),
         batches=len(work),
+        contrastive_chance=1.0 / (model_config.num_negatives + 1),
     )
 
 

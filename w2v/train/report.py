@@ -1,4 +1,5 @@
-"""The training report: a table of the logged metrics and a plot of loss and perplexity, as markdown."""
+"""The training report: a table of the logged metrics and the learning curves (loss, held-out accuracy against
+chance, perplexity), as markdown."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ COLUMNS = (
 
 
 def training_plot_png(records: list[dict[str, Any]], title: str) -> bytes:
-    """Training loss and validation loss (left), codevector perplexity (right), against the update step."""
+    """The learning curves against the update step: training and validation loss (left), held-out contrastive
+    accuracy against chance (middle: what a model that learned nothing scores), codevector perplexity (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,15 +29,24 @@ def training_plot_png(records: list[dict[str, Any]], title: str) -> bytes:
 
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.5))
     left.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss", color="#3b6ea8")
     if val:
         left.plot(
             [r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss", color="#c0504d"
         )
+        middle.plot([r["step"] for r in val], [r["val_accuracy"] for r in val], "o-", color="#c0504d",
+                    label="held-out accuracy")  # fmt: skip
+        chance = [r["val_contrastive_chance"] for r in val if "val_contrastive_chance" in r]
+        if chance:
+            middle.axhline(chance[-1], linestyle="--", color="#777777", label=f"chance ({chance[-1]:.3f})")
+        middle.set_ylim(bottom=0)
+        middle.legend(fontsize=8)
     left.set_xlabel("update")
     left.set_ylabel("loss per masked frame")
     left.legend(fontsize=8)
+    middle.set_xlabel("update")
+    middle.set_ylabel("contrastive accuracy")
     right.plot([r["step"] for r in train], [r["perplexity"] for r in train], color="#4f8a3c")
     right.set_xlabel("update")
     right.set_ylabel("codevector perplexity")
@@ -47,7 +58,10 @@ def training_plot_png(records: list[dict[str, Any]], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def training_report_markdown(records: list[dict[str, Any]], run_dir: str, extra: dict[str, Any] | None = None) -> str:
+def training_report_markdown(
+    records: list[dict[str, Any]], run_dir: str, extra: dict[str, Any] | None = None, plot: bytes | None = None
+) -> str:
+    """The report as markdown, with `plot` (training_plot_png's, drawn here if not given) inline."""
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     lines = [f"# Pretraining report: `{run_dir}`", ""]
@@ -72,7 +86,7 @@ def training_report_markdown(records: list[dict[str, Any]], run_dir: str, extra:
         ]
     for key, value in (extra or {}).items():
         lines += ["", f"**{key}**: {value}"]
-    png = base64.b64encode(training_plot_png(records, "pretraining")).decode()
+    png = base64.b64encode(plot or training_plot_png(records, "pretraining")).decode()
     lines += ["", f"![training curves](data:image/png;base64,{png})"]
     return "\n".join(lines)
 
