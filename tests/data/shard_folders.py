@@ -37,16 +37,21 @@ Labels = tuple[str | None, str | None, str | None]  # text, speaker, label
 
 
 def write_shard_folder(
-    folder: Path, lengths: list[int], rows_per_shard: int = 50, labels: Callable[[int], Labels] | None = None
+    folder: Path,
+    lengths: list[int],
+    rows_per_shard: int = 50,
+    labels: Callable[[int], Labels] | None = None,
+    audio_of: Callable[[int, int], np.ndarray] = samples_of,
 ) -> Path:
     """Utterances of these lengths (in samples) in shards of `rows_per_shard`, with a manifest; `labels(k)`
-    gives utterance k's text, speaker and label columns (none when not given)."""
+    gives utterance k's text, speaker and label columns (none when not given), `audio_of(k, length)` its int16
+    samples (by default the ones that say who they are)."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for number, start in enumerate(range(0, len(lengths), rows_per_shard)):
         rows = []
         for k in range(start, min(start + rows_per_shard, len(lengths))):
-            audio = samples_of(k, lengths[k])
+            audio = audio_of(k, lengths[k])
             mean, std = mean_std(audio)
             text, speaker, label = labels(k) if labels is not None else (None, None, None)
             rows.append(Utterance(f"utt-{k:06d}", audio, f"synthetic://{k}", 0.0, mean, std, text, speaker, label))
