@@ -79,9 +79,8 @@ def log(message: str) -> None:
 def pretrain_tiny(train_shards: Path, steps: int, run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Pretrain configs/tiny.yaml for `steps` updates; returns the model folder and the logged figures.
 
-    The warmup is a tenth of the run: tiny.yaml's 10 steps are sized for its 60-step demo, and at 400 steps
-    they leave the contrastive loss stuck at chance (seed 1) or collapsing back to it (seed 0, near step 150).
-    """
+    The warmup is a tenth of the run: tiny.yaml's is sized for its own 600 updates (and once, at 10 steps in a
+    400-step run, left the contrastive loss stuck at chance or collapsing back to it)."""
     config = TrainConfig.from_yaml(
         Path("configs/tiny.yaml"),
         [

@@ -146,6 +146,12 @@ def test_task_defaults_follow_the_design_table_and_freezing_counts_layers() -> N
     assert head.trainable_parameters == sum(p.numel() for p in ctc_model.lm_head.parameters())
 
 
+def test_the_shipped_fine_tuning_config_loads_over_the_task_defaults() -> None:
+    config = FinetuneConfig.from_yaml("ctc", Path(__file__).resolve().parents[2] / "configs" / "tiny-ctc.yaml")
+    assert (config.task, config.lr, config.max_steps, config.batch.mode) == ("ctc", 5e-3, 600, "pad")
+    assert config.freeze.layers == 1 / 3  # the task's default, kept
+
+
 def test_the_tri_stage_schedule_warms_up_holds_and_decays() -> None:
     factors = [tri_stage_factor(s, 100, 0.1, 0.4, 0.01, 0.05) for s in range(101)]
     assert factors[0] == pytest.approx(0.01) and factors[10] == 1.0 and factors[49] == 1.0
