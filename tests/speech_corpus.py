@@ -82,7 +82,7 @@ def synthesize(out: Path, name: str, speaker: Speaker, text: str, effect: str, s
     subprocess.run(["espeak-ng", "-v", speaker.voice, "-p", str(pitch), "-s", str(speed), "-w", str(raw), "--", text],
                    check=True, capture_output=True)  # fmt: skip
     final = out / f"{name}.wav"
-    command = ["sox", str(raw), "-r", "16000", "-b", "16", str(final)]
+    command = ["sox", "-R", str(raw), "-r", "16000", "-b", "16", str(final)]
     if effect == "reverb":
         command += ["reverb", str(int(rng.integers(30, 70)))]
     command += ["gain", "-n", str(int(rng.integers(-12, -3)))]
