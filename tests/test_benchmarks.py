@@ -115,3 +115,18 @@ def test_the_shard_list_benchmark_compares_json_with_the_table() -> None:
     assert figures["shards"] == 12_000
     assert figures["columnar"]["manifest_bytes"] < 2_000 < 12_000 * 200 < figures["json"]["manifest_bytes"]
     assert figures["columnar"]["bytes"] < figures["json"]["bytes"]
+
+
+@pytest.mark.slow
+def test_the_learning_benchmark_compares_both_inits_on_every_task() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/learning.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "learning" and set(result["tasks"]) == {"ctc", "classify", "speaker"}
+    assert 20 <= result["corpus"]["test_utterances"] <= 30 and result["pretraining"]["runs"][0]["steps"] == 30
+    for task in result["tasks"].values():
+        assert len(task["pretrained"]["seeds"]) == len(task["random_init"]["seeds"]) == 1
+        assert task["pretrained"]["mean"] >= 0 and task["random_init"]["mean"] >= 0 and 0 < task["chance"] <= 1
+    assert isinstance(result["pretrained_ahead_everywhere"], bool)
