@@ -59,7 +59,6 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train.py
-	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/learning.py
 	$(BIN)/python benchmarks/verify.py
 	if $(BIN)/python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
