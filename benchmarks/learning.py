@@ -43,6 +43,7 @@ from tests.speech_corpus import build, plan
 from w2v.data.corpus import ShardCorpus
 from w2v.data.loader import LoaderConfig
 from w2v.finetune.config import FinetuneConfig
+from w2v.finetune.evidence import collapsed_codebook
 from w2v.finetune.labels import read_column
 from w2v.finetune.recipe import finetune
 from w2v.run.metrics import read_metrics
@@ -107,6 +108,8 @@ def pretrain_seed(train: Path, seed: int, steps: int | None, run_dir: Path) -> t
         "val_accuracy": round(last["val_accuracy"], 4),
         "val_accuracy_vs_chance": round(last["val_accuracy"] / last["val_contrastive_chance"], 2),
         "val_perplexity": round(last["val_perplexity"], 1),
+        # A collapsed codebook's accuracy means nothing (w2v.finetune.evidence.collapsed_codebook).
+        "collapsed": collapsed_codebook({k.removeprefix("val_"): v for k, v in last.items()}) or None,
     }
     return run_dir / "best" / "model", figures
 

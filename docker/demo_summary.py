@@ -27,7 +27,8 @@ def main(demo: Path) -> int:
     summary = learning_summary(evaluation, ctc, anchor)
     write_text_atomic(demo / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(evidence_table(evidence_rows(evaluation, ctc, anchor)))
-    print(f"\nheld-out contrastive accuracy is {summary['accuracy_over_chance']:.1f}× chance; "
+    invalid = f" but means nothing ({summary['accuracy_invalid']})" if "accuracy_invalid" in summary else ""
+    print(f"\nheld-out contrastive accuracy is {summary['accuracy_over_chance']:.1f}× chance{invalid}; "
           f"summary: {demo / 'summary.json'}")  # fmt: skip
     behind = [name for name, ahead in summary["pretrained_ahead"].items() if not ahead]
     if behind:  # a short run's outcome varies (README, "What make demo shows"): said, not fatal

@@ -11,6 +11,8 @@ EVALUATION = {
     "loss": 2.6,
     "accuracy": 0.30,
     "contrastive_chance": 1 / 21,
+    "perplexity": 61.0,
+    "codevectors": 80,
     "probe": {"speaker": {"accuracy": 0.62, "random_init_accuracy": 0.31, "chance": 0.05, "test": 180}},
 }
 CTC = {"step": 300, "val_cer": 0.42, "val_wer": 0.9, "val_utterances": 120.0}
@@ -52,3 +54,19 @@ def test_a_fine_tune_without_an_evaluation_is_named_in_the_error() -> None:
     assert last_evaluation(records, "val_cer", "demo/ctc")["step"] == 20
     with pytest.raises(W2VError, match="demo/ctc: no evaluation with val_cer"):
         last_evaluation(records[:1], "val_cer", "demo/ctc")
+
+
+def test_accuracy_from_a_collapsed_codebook_does_not_count_as_learning() -> None:
+    """Distractors equal to the target are dropped; with a few codes in use most are, and accuracy soars."""
+    collapsed = {**EVALUATION, "accuracy": 0.93, "perplexity": 3.1}
+    rows = evidence_rows(collapsed, CTC, CTC_RANDOM)
+    assert not rows[0].pretrained_ahead and rows[0].invalid == "codebook collapsed: perplexity 3.1 of 80"
+    assert "**no** (codebook collapsed: perplexity 3.1 of 80)" in evidence_table(rows)
+    summary = learning_summary(collapsed)
+    assert (
+        summary["accuracy_invalid"] == rows[0].invalid
+        and not summary["pretrained_ahead"]["held-out contrastive accuracy"]
+    )
+    assert "accuracy_invalid" not in learning_summary(EVALUATION)
+    older = {k: v for k, v in collapsed.items() if k != "codevectors"}  # an evaluation from before the field
+    assert evidence_rows(older, None, None)[0].pretrained_ahead

@@ -180,6 +180,8 @@ def test_evaluate_reports_probes_for_speaker_and_label(labelled: Path, tiny_mode
     assert done.exit_code == 0, done.output
     printed = json.loads(done.stdout)
     assert {"loss", "accuracy", "perplexity", "masked_frames", "batches"} <= printed.keys()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert printed["codevectors"] == config["num_codevector_groups"] * config["num_codevectors_per_group"]
     probes = printed["probe"]
     assert set(probes) == {"speaker", "label"}
     assert (probes["speaker"]["classes"], probes["speaker"]["train"], probes["speaker"]["test"]) == (3, 12, 3)

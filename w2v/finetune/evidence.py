@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from w2v.errors import W2VError
+from w2v.train.config import GuardConfig
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,23 @@ class Row:
     anchor_name: str  # "random init" | "chance"
     higher_is_better: bool
     test_utterances: int | None = None
+    invalid: str = ""  # why the pretrained score does not count (a collapsed codebook's accuracy), if it does not
 
     @property
     def pretrained_ahead(self) -> bool:
+        if self.invalid:
+            return False
         return self.pretrained > self.anchor if self.higher_is_better else self.pretrained < self.anchor
+
+
+def collapsed_codebook(evaluation: dict[str, Any], floor_share: float = GuardConfig().perplexity_floor_share) -> str:
+    """Why the held-out accuracy means nothing, or "": a codevector perplexity under `floor_share` of the
+    codevectors (the doctor's warning) makes most distractors equal to the target, and those are dropped, so
+    a collapsed model scores far above chance (0.93 against 0.01 in issue 18's note)."""
+    codevectors = evaluation.get("codevectors")
+    if not codevectors or evaluation["perplexity"] >= floor_share * codevectors:
+        return ""
+    return f"codebook collapsed: perplexity {evaluation['perplexity']:.1f} of {codevectors}"
 
 
 def last_evaluation(records: list[dict[str, Any]], key: str, source: str) -> dict[str, Any]:
@@ -42,7 +56,7 @@ def evidence_rows(
 ) -> list[Row]:
     """The table's rows from `w2v evaluate`'s JSON and the two CTC runs' last evaluations (val_* records)."""
     rows = [Row("held-out contrastive accuracy", evaluation["accuracy"], evaluation["contrastive_chance"], "chance",
-                higher_is_better=True)]  # fmt: skip
+                higher_is_better=True, invalid=collapsed_codebook(evaluation))]  # fmt: skip
     speaker = evaluation.get("probe", {}).get("speaker")
     if speaker is not None:
         rows.append(Row("speaker probe accuracy", speaker["accuracy"], speaker["random_init_accuracy"], "random init",
@@ -59,6 +73,8 @@ def learning_summary(
     """`w2v evaluate`'s JSON, the accuracy as a multiple of chance, the CTC comparison, and for each row whether
     pretraining is ahead of its anchor."""
     summary = {**evaluation, "accuracy_over_chance": evaluation["accuracy"] / evaluation["contrastive_chance"]}
+    if collapsed := collapsed_codebook(evaluation):
+        summary["accuracy_invalid"] = collapsed
     if ctc is not None and ctc_random is not None:
         summary["ctc"] = {
             "cer": ctc["val_cer"],
@@ -78,6 +94,7 @@ def evidence_table(rows: list[Row]) -> str:
     for row in rows:
         arrow = "higher is better" if row.higher_is_better else "lower is better"
         utterances = "" if row.test_utterances is None else str(row.test_utterances)
+        verdict = "yes" if row.pretrained_ahead else f"**no** ({row.invalid})" if row.invalid else "**no**"
         lines.append(f"| {row.name} ({arrow}) | {row.pretrained:.3f} | {row.anchor:.3f} ({row.anchor_name}) "
-                     f"| {utterances} | {'yes' if row.pretrained_ahead else '**no**'} |")  # fmt: skip
+                     f"| {utterances} | {verdict} |")  # fmt: skip
     return "\n".join(lines)

@@ -40,6 +40,9 @@ class Evaluation:
     masked_frames: int
     batches: int
     contrastive_chance: float  # the accuracy of a guess among the positive and the negatives: 1 / (K + 1)
+    # Codevectors the quantizer can use (groups × per group). A collapsed codebook (perplexity far below this)
+    # inflates accuracy: distractors equal to the target are dropped, and with few codes most of them are.
+    codevectors: int
     probes: tuple[ProbeComparison, ...] = ()  # linear probes (evaluate_checkpoint with a ProbeConfig)
 
     def as_record(self, prefix: str = "val_") -> dict[str, Any]:
@@ -112,6 +115,7 @@ def evaluate(
         masked_frames=int(totals[4]),
         batches=len(work),
         contrastive_chance=1.0 / (model_config.num_negatives + 1),
+        codevectors=int(model_config.num_codevector_groups * model_config.num_codevectors_per_group),
     )
 
 
