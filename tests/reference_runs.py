@@ -1,7 +1,7 @@
 """Fixed-seed runs whose final weights must not change when the code is only reorganised.
 
 One tiny pretraining and a tiny fine-tune of each task on synthetic shards; each run's weights are reduced to
-a SHA-256 and a sum per tensor. `tests/fixtures/reference_weights.json` holds the digests of the code as it
+a fingerprint per tensor (`digest`). `tests/fixtures/reference_weights.json` holds the digests of the code as it
 was when they were written; tests/test_reference_weights.py runs this module in a pinned environment (one
 thread, one CPU instruction set) and compares. Regenerate the file only for an intended change in what
 training computes, and say why in the commit:
@@ -70,11 +70,24 @@ def _lengths(seed: int, count: int) -> list[int]:
 
 
 def digest(weights: dict[str, torch.Tensor]) -> dict[str, list[Any]]:
-    """Each tensor's SHA-256 (of its bytes) and sum: equal digests are equal weights, bit for bit."""
-    return {
-        name: [hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest(), float(tensor.double().sum())]
-        for name, tensor in sorted(weights.items())
-    }
+    """Each tensor's SHA-256 (of its bytes), sum, L1 norm and a signed sketch (a sum under fixed random signs).
+
+    Equal SHA-256s are equal weights, bit for bit: what the machine that wrote the reference gets. Another CPU
+    may round a few kernels differently even pinned to one thread and AVX2; the three numbers then differ by
+    rounding (about 1e-8 of the L1 norm after these few steps), while any change in what is computed moves
+    them by far more. The sketch catches what a sum cannot, such as elements moved to other places.
+    """
+    fingerprints = {}
+    for name, tensor in sorted(weights.items()):
+        values = tensor.detach().double().flatten()
+        signs = torch.randint(0, 2, values.shape, generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+        fingerprints[name] = [
+            hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest(),
+            float(values.sum()),
+            float(values.abs().sum()),
+            float((values * signs).sum()),
+        ]
+    return fingerprints
 
 
 def reference_digests(root: Path) -> dict[str, dict[str, list[Any]]]:

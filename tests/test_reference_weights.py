@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,11 @@ PINNED = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "CUDA_VISIBLE_DEVICES": "",
 }
+# Still, another CPU model rounds a few pretraining kernels differently (CI machines vary): between the
+# machine that wrote the first reference and an AVX-512 AMD EPYC, sums moved by at most 7e-8 of a tensor's
+# L1 norm, plus 6e-8 on tensors that are rounding noise (attention key biases, whose gradient is zero).
+# Raising the learning rate by 0.1% moves them by 600x this allowance.
+ROUNDING = 1e-6
 
 
 def test_fixed_seed_pretraining_and_fine_tuning_end_on_the_reference_weights(tmp_path: Path) -> None:
@@ -43,6 +49,14 @@ def test_fixed_seed_pretraining_and_fine_tuning_end_on_the_reference_weights(tmp
         changed = [
             f"{name} (sum {measured[run][name][1]!r}, was {digest[1]!r})"
             for name, digest in tensors.items()
-            if measured[run][name][0] != digest[0]
+            if not same_weights(measured[run][name], digest)
         ]
         assert not changed, f"{run}: {len(changed)} of {len(tensors)} tensors differ: {changed[:5]}"
+
+
+def same_weights(measured: list[Any], reference: list[Any]) -> bool:
+    """Bit for bit, or apart only by rounding: sum, L1 norm and sketch within ROUNDING of the L1 norm."""
+    if measured[0] == reference[0]:
+        return True
+    scale = ROUNDING * reference[2] + ROUNDING
+    return all(abs(measured[i] - reference[i]) <= scale for i in (1, 2, 3))
