@@ -10,7 +10,7 @@ seventh is the test set, so its speakers are the training speakers. Seed k:
      same budget, data order and head for both, and scores the test set after the last update:
        ctc       the transcript, configs/tiny-ctc.yaml            character error rate (lower is better)
        classify  the accent (8 classes), configs/tiny-classify.yaml   accuracy
-       speaker   the speaker (24), configs/tiny-speaker.yaml       accuracy (only the head learns)
+       speaker   the speaker (24), configs/tiny-speaker.yaml       accuracy (the top layer and the head learn)
 Prints one JSON object: per task, chance, each init's mean ± sd and seed by seed, pretrained minus random
 init per seed, and on how many seeds pretrained was ahead. Pretraining's own variance is in the spread
 (one run per seed). About 20 minutes on 2 cores; --quick (a few minutes) checks only that it runs.
