@@ -81,7 +81,10 @@ def pretrain_flow(
     """Pretrain on SHARDS into OUTPUT (or OUTPUT/RUN_NAME), evaluate, and upload the best (else the last)
     checkpoint. A run folder with checkpoints is resumed from its newest one, over the shards as they are now.
 
-    `max_hours` bounds this run (a nightly slot); `upload_to` defaults to RUN/uploaded (a local folder);
+    `max_hours` bounds this run (a nightly slot). With `upload_to` (a bucket URL), every checkpoint is
+    mirrored to UPLOAD_TO/checkpoints/ as it is written and a run that finds no newer checkpoint locally
+    resumes from the bucket's newest (a preempted night goes on the next, on any machine); the best model
+    then goes to UPLOAD_TO/best. Without it, the best goes to RUN/uploaded/ and nothing is mirrored;
     `accelerate_config` is an Accelerate config file (configs/accelerate/); with `num_processes` > 1 and none
     given, one DDP rank per process. Training runs under the task tag `concurrency_tag`: a concurrency limit
     of 1 on it (`w2v serve` sets one) keeps one training at a time on a machine. Every shard is checked
@@ -94,13 +97,14 @@ def pretrain_flow(
     staged = stage(shards, run_dir / "shard-cache", storage, verify_shards)
     extra = [*(overrides or []), *([f"max_hours={max_hours}"] if max_hours is not None else [])]
     command = training_command(
-        staged, run_dir, config, extra, num_processes, accelerate_config, loader_workers, verify_shards=verify_shards
-    )
+        staged, run_dir, config, extra, num_processes, accelerate_config, loader_workers,
+        verify_shards=verify_shards, upload_to=upload_to,
+    )  # fmt: skip
     with tags(concurrency_tag):
-        train(command)
+        train(command, storage)
     published = run_dir / BEST if (run_dir / BEST).is_dir() else _last_checkpoint(run_dir)
     evaluation = evaluate_best(published / "model", staged, run_dir, verify_shards)
-    destination = upload_to or str(run_dir / "uploaded" / published.name)
+    destination = f"{upload_to.rstrip('/')}/{BEST}" if upload_to else str(run_dir / "uploaded" / published.name)
     uploaded = upload(published, destination, storage)
     report = publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})
     return {
@@ -123,6 +127,7 @@ def training_command(
     loader_workers: int,
     *,
     verify_shards: bool = True,
+    upload_to: str | None = None,
 ) -> list[str]:
     accelerate = accelerate_launch(num_processes, accelerate_config)
     command = [*accelerate, "-m", "w2v", "pretrain", "--output", str(run_dir), "--workers", str(loader_workers)]
@@ -134,6 +139,8 @@ def training_command(
         command += ["--set", item]
     if not verify_shards:
         command.append("--no-verify-shards")
+    if upload_to:
+        command += ["--upload-to", upload_to]
     return command
 
 

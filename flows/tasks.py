@@ -3,6 +3,7 @@ upload a checkpoint; and the one builder of the `accelerate launch` command line
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from flows.retries import retry_unless_permanent
 from w2v.data.mixture import parse_shards_arg
 from w2v.data.staging import stage_shards
 from w2v.errors import W2VError
+from w2v.storage import STORAGE_OPTIONS_ENV
 from w2v.upload import upload_folder
 
 TRAINING_TAG = "w2v-training"
@@ -47,11 +49,16 @@ def stage(shards: list[str], cache_dir: Path, storage: StorageAccess, verify: bo
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
-def train(command: list[str]) -> None:
-    """Run training in its own processes; a retry of this task resumes from the newest checkpoint."""
+def train(command: list[str], storage: StorageAccess | None = None) -> None:
+    """Run training in its own processes; a retry of this task resumes from the newest checkpoint (in the
+    bucket too, when checkpoints are mirrored). The processes reach storage with `storage`'s options, given
+    in their environment (never on the command line, which every user of the machine can read)."""
     logger = get_run_logger()
     logger.info("%s", " ".join(command))
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    options = storage.options() if storage is not None else None
+    if options:
+        environment[STORAGE_OPTIONS_ENV] = json.dumps(options)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment) as p:
         assert p.stdout is not None
         for line in p.stdout:

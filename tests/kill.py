@@ -1,4 +1,5 @@
-"""Kill -9 a training command once it has written its first checkpoint, as a preempted node would."""
+"""Kill -9 a training command once it has written its first checkpoint (or once something else holds), as a
+preempted node would."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from w2v.run.checkpoint import complete_checkpoints
@@ -25,3 +27,20 @@ def kill_after_first_checkpoint(command: list[str], run: Path, timeout: float = 
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     return complete_checkpoints(run)[-1].name
+
+
+def kill_when(
+    command: list[str], ready: Callable[[], bool], what: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> None:
+    """Start `command` (with `env` added to the environment), SIGKILL it as soon as `ready()` holds (polled),
+    as a preempted node would die. Fails the test if the command ends first or `what` does not happen within
+    `timeout` seconds."""
+    environment = {**os.environ, **(env or {})}
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()

@@ -29,6 +29,8 @@ CREDENTIAL_NAME_PATTERN = (
     r"^(key|secret|token)$|(^|_)(secret|token|password|passwd|credentials?)($|_)|access_key|secret_key"
 )
 _CREDENTIAL_NAME = re.compile(CREDENTIAL_NAME_PATTERN, re.IGNORECASE)
+# A training process started by a flow finds the flow's fsspec options, credentials included, here.
+STORAGE_OPTIONS_ENV = "W2V_STORAGE_OPTIONS"
 SAFE_CREDENTIALS = (
     "give credentials through the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE: "
     "s3fs reads them) or a Prefect Secret block (--credentials-block NAME)"

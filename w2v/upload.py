@@ -53,26 +53,26 @@ def upload_folder(
     local = Path(local)
     if not local.is_dir():
         raise UploadError(f"{local}: not a folder to upload")
-    files = {p.relative_to(local).as_posix(): _sha256(p) for p in sorted(local.rglob("*")) if p.is_file()}
+    files = {p.relative_to(local).as_posix(): file_sha256(p) for p in sorted(local.rglob("*")) if p.is_file()}
     if not files:
         raise UploadError(f"{local}: nothing to upload (empty folder)")
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     root = root.rstrip("/")
     expected = {name: {"sha256": sha, "bytes": (local / name).stat().st_size} for name, sha in files.items()}
-    if _retrying(lambda: _marker_lists(fs, root, expected), retry, f"{url}: reading {MARKER}"):
+    if retrying(lambda: _marker_lists(fs, root, expected), retry, f"{url}: reading {MARKER}"):
         return UploadResult(url, len(files), 0, True)
-    _retrying(lambda: _remove(fs, f"{root}/{MARKER}"), retry, f"{url}: removing a stale {MARKER}")
+    retrying(lambda: _remove(fs, f"{root}/{MARKER}"), retry, f"{url}: removing a stale {MARKER}")
     sent = 0
     for _round in range(retry.attempts):
-        wrong = _retrying(lambda: _mismatches(fs, root, files), retry, f"{url}: checking uploaded files")
+        wrong = retrying(lambda: _mismatches(fs, root, files), retry, f"{url}: checking uploaded files")
         if not wrong:
             completed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             marker = json.dumps({"files": expected, "completed": completed}).encode()
-            _retrying(functools.partial(fs.pipe_file, f"{root}/{MARKER}", marker), retry, f"{url}: writing {MARKER}")
+            retrying(functools.partial(fs.pipe_file, f"{root}/{MARKER}", marker), retry, f"{url}: writing {MARKER}")
             return UploadResult(url, len(files), sent, False)
         for name in wrong:
             put = functools.partial(_put, fs, local / name, f"{root}/{name}")
-            _retrying(put, retry, f"{url}/{name}: upload")
+            retrying(put, retry, f"{url}/{name}: upload")
             sent += (local / name).stat().st_size
     raise UploadError(f"{url}: files still differ from {local} after {retry.attempts} rounds; no marker written")
 
@@ -118,7 +118,7 @@ def _remove(fs: Any, path: str) -> None:
         fs.rm_file(path)
 
 
-def _retrying(action: Callable[[], T], retry: RetryPolicy, what: str) -> T:
+def retrying(action: Callable[[], T], retry: RetryPolicy, what: str) -> T:
     """Run `action`, retrying transport errors with exponential backoff; the last error is reported."""
     wait = retry.first_wait_seconds
     for attempt in range(1, retry.attempts + 1):
@@ -148,7 +148,7 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 _TRANSIENT = _transient_errors()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(BLOCK_BYTES):

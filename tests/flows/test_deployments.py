@@ -72,7 +72,9 @@ def test_served_deployments_prepare_then_pretrain_and_report_through_the_api(tmp
         assert (data / "shards" / "manifest.json").is_file()
         checkpoints = sorted((data / "runs" / "nightly" / "checkpoints").glob("step-*"))
         assert [c.name for c in checkpoints][-1] == "step-00000008"
-        assert (data / "bucket" / "nightly" / "_UPLOAD_COMPLETE.json").is_file()
+        # The best model in the bucket, and every checkpoint mirrored there as it was written.
+        assert (data / "bucket" / "nightly" / "best" / "_UPLOAD_COMPLETE.json").is_file()
+        assert (data / "bucket" / "nightly" / "checkpoints" / "LATEST").read_text().strip() == "step-00000008"
 
         corpus_report = _artifact(server, "corpus-report", prepared["id"])
         training_report = _artifact(server, "pretraining-report", trained["id"])

@@ -14,6 +14,8 @@ from transformers import Wav2Vec2ForPreTraining
 from flows.pretrain import CURVES, EVALUATION, pretrain_flow
 from tests.data.shard_folders import write_shard_folder
 from tests.flows.artifacts import newest_artifact_markdown
+from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.mirror import LATEST
 from w2v.upload import MARKER
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,7 @@ optim: {lr: 2.0e-3, warmup_steps: 5}
 """
 
 
-def test_the_flow_trains_evaluates_uploads_the_best_model_and_reports(tmp_path: Path) -> None:
+def test_the_flow_trains_mirrors_checkpoints_evaluates_uploads_the_best_model_and_reports(tmp_path: Path) -> None:
     lengths = [int(x) for x in np.random.default_rng(3).integers(16_000, 40_000, 60)]
     shards = write_shard_folder(tmp_path / "shards", lengths)
     config = tmp_path / "tiny.yaml"
@@ -48,9 +50,13 @@ def test_the_flow_trains_evaluates_uploads_the_best_model_and_reports(tmp_path: 
         markdown = asyncio.run(newest_artifact_markdown("pretraining-report"))
     assert result["checkpoint"].endswith("best")
     assert 0 <= result["evaluation"]["val_accuracy"] <= 1
-    marker = json.loads((bucket / MARKER).read_text())
+    marker = json.loads((bucket / "best" / MARKER).read_text())
     assert "model/model.safetensors" in marker["files"]
-    Wav2Vec2ForPreTraining.from_pretrained(bucket / "model")
+    Wav2Vec2ForPreTraining.from_pretrained(bucket / "best" / "model")
+    # Each checkpoint went to the bucket as it was written; the newest is named by the pointer.
+    newest = complete_checkpoints(tmp_path / "run")[-1].name
+    assert (bucket / "checkpoints" / LATEST).read_text().strip() == newest
+    assert (bucket / "checkpoints" / newest / MARKER).is_file()
     assert "# Pretraining report" in markdown and "val loss" in markdown
     assert "![training curves](data:image/png;base64," in markdown
     assert (tmp_path / "run" / CURVES).read_bytes().startswith(b"\x89PNG")

@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 
 from w2v.cli.progress import training_progress
-from w2v.cli.root import CredentialsBlock, VerifyShards, app, console, fail, parse_storage_options, prefect_api
+from w2v.cli.root import (
+    CredentialsBlock,
+    StorageOptionsText,
+    VerifyShards,
+    app,
+    console,
+    fail,
+    parse_storage_options,
+    prefect_api,
+    storage_options_from_environment,
+)
 from w2v.errors import W2VError
 
 
@@ -32,9 +42,19 @@ def pretrain(
     cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
     verify_shards: VerifyShards = True,
+    upload_to: Annotated[
+        str | None,
+        typer.Option(help="Mirror each checkpoint here as it is written (URL/checkpoints/); --resume auto looks too."),
+    ] = None,
+    storage_options: StorageOptionsText = None,
 ) -> None:
-    """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch)."""
+    """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch).
+
+    With --upload-to, a preempted machine loses only the updates since the last checkpoint: the same command
+    on a new machine resumes from the bucket. Credentials: the environment (AWS_*, or W2V_STORAGE_OPTIONS,
+    a JSON object of fsspec options that the pretrain flow sets from its credentials block)."""
     from w2v.data.loader import LoaderConfig
+    from w2v.run.mirror import MirrorConfig
     from w2v.train.config import TrainConfig, apply_overrides
     from w2v.train.recipe import pretrain as run_pretraining
 
@@ -49,6 +69,10 @@ def pretrain(
             train_config = TrainConfig.from_yaml(config, overrides)
         else:
             train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
+        mirror = None
+        if upload_to:
+            options = storage_options_from_environment(parse_storage_options(storage_options))
+            mirror = MirrorConfig(upload_to, options, keep_last=train_config.keep_last)
         with training_progress("pretrain") as on_step:
             result = run_pretraining(
                 train_config,
@@ -59,6 +83,7 @@ def pretrain(
                 loader=LoaderConfig(num_workers=workers),
                 on_step=on_step,
                 verify_shards=verify_shards,
+                mirror=mirror,
             )
     except W2VError as error:
         fail(str(error))
@@ -84,9 +109,7 @@ def pipeline(
         str | None, typer.Option(help="An Accelerate config file (configs/accelerate/).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
-    storage_options: Annotated[
-        str | None, typer.Option(help='fsspec options without credentials, e.g. \'{"endpoint_url": "http://…"}\'.')
-    ] = None,
+    storage_options: StorageOptionsText = None,
     credentials_block: CredentialsBlock = None,
     verify_shards: VerifyShards = True,
 ) -> None:

@@ -90,6 +90,28 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+StorageOptionsText = Annotated[
+    str | None, typer.Option(help='fsspec options without credentials, e.g. \'{"endpoint_url": "http://…"}\'.')
+]
+
+
+def storage_options_from_environment(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`options` and the JSON object in $W2V_STORAGE_OPTIONS merged (it may hold credentials: a process's
+    environment is not shown to other users, unlike its command line), or a one-line failure."""
+    from w2v.storage import STORAGE_OPTIONS_ENV
+
+    text = os.environ.get(STORAGE_OPTIONS_ENV)
+    if not text:
+        return options
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as error:
+        fail(f"${STORAGE_OPTIONS_ENV}: not JSON ({error.msg} at column {error.colno})")
+    if not isinstance(given, dict):
+        fail(f"${STORAGE_OPTIONS_ENV}: expected a JSON object of fsspec options, got {type(given).__name__}")
+    return {**(options or {}), **given}
+
+
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     """--storage-options: a JSON object of fsspec options, or a one-line failure naming the option."""
     if not text:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
 from w2v.data.collate import Batch
 from w2v.data.stream import StreamState
@@ -33,6 +33,7 @@ from w2v.run.config import StepGuards
 from w2v.run.guards import needs_rollback, roll_back, smaller_micro_batches
 from w2v.run.memory import OutOfMemory, clear_marker, marker_split, release_memory
 from w2v.run.metrics import MetricsLog
+from w2v.run.mirror import CheckpointMirror, MirrorConfig, MirrorError, bring_back_newest
 from w2v.run.state import RunState
 
 logger = logging.getLogger("w2v.run")
@@ -148,6 +149,7 @@ class RunSpec:
     peak_lr: float
     lr_remedy: str  # what to lower or slow down, in the recipe's config keys
     save_extra: Callable[[Path], None] | None = None  # writes beside a saved model (a tokenizer)
+    mirror: MirrorConfig | None = None  # a bucket that receives every checkpoint as it is written
 
 
 class Run:
@@ -159,11 +161,19 @@ class Run:
         self.accelerator, self.spec = accelerator, spec
         self.last_checkpoint: Path | None = None
         self.metrics: MetricsLog | None = None
+        self._mirror: CheckpointMirror | None = None
+        if spec.mirror is not None and accelerator.is_main_process:
+            self._mirror = CheckpointMirror(spec.mirror, spec.folder)
 
     def resume(self, resume: str) -> tuple[RunState, dict[str, Any] | None, dict[str, Any]]:
         """Restore `resume` (auto | never | a checkpoint folder) into the prepared model, optimizer and
         scheduler; returns the run state, the loader's state (None: from the start) and the checkpoint's
-        metrics. Opens the metrics log, forgetting records past the checkpoint's step."""
+        metrics. Opens the metrics log, forgetting records past the checkpoint's step. With a mirror, `auto`
+        first brings back the bucket's newest checkpoint when it is newer than the run folder's (a machine
+        that was preempted left its successor an empty disk)."""
+        mirror = self.spec.mirror
+        if mirror is not None and resume == "auto":
+            self._everywhere(lambda: bring_back_newest(mirror, self.spec.folder))
         checkpoint = resolve_resume(self.spec.folder, resume)
         state, loader_state, metrics = RunState(), None, {}
         if checkpoint is not None:
@@ -220,6 +230,10 @@ class Run:
         )
         if self.accelerator.is_main_process:
             clear_marker(spec.folder)  # the checkpoint holds the split now
+        if self._mirror is not None:
+            self._mirror.submit(self.last_checkpoint)
+        if spec.mirror is not None:  # an earlier upload that failed for good stops the run here, saved
+            self._everywhere(self._mirror_failure)
         return self.last_checkpoint
 
     def save_best(self, model: Any, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> Path:
@@ -228,6 +242,32 @@ class Run:
         return save_best(self.accelerator, model, self.spec.folder, saved, self.spec.sample_rate, self.spec.save_extra)
 
     def close(self) -> None:
+        """Close the metrics log and wait for the checkpoints still being mirrored. Raises MirrorError."""
         if self.metrics is not None:
             self.metrics.close()
+        if self.spec.mirror is not None:
+            self._everywhere(self._close_mirror)
         self.accelerator.wait_for_everyone()
+
+    def _mirror_failure(self) -> None:
+        error = self._mirror.error if self._mirror is not None else None
+        if error is not None:
+            raise MirrorError(f"{error}; the run stopped at {self.last_checkpoint} (resume once the bucket answers)")
+
+    def _close_mirror(self) -> None:
+        if self._mirror is not None:
+            self._mirror.close()
+        self._mirror_failure()
+
+    def _everywhere(self, action: Callable[[], Any]) -> None:
+        """Run `action` on the main process; a W2VError it raises is raised on every rank (none is left
+        waiting for the others in a collective)."""
+        message: list[str | None] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                action()
+            except W2VError as error:
+                message = [str(error)]
+        message = broadcast_object_list(message)
+        if message[0] is not None:
+            raise MirrorError(message[0])

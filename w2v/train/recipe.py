@@ -36,6 +36,7 @@ from w2v.run.harness import (
     due,
     make_accelerator,
 )
+from w2v.run.mirror import MirrorConfig
 from w2v.run.schedule import lr_factor
 from w2v.run.state import RunState
 from w2v.ssl.objective import gumbel_temperature
@@ -77,11 +78,13 @@ def pretrain(
     accelerator: Accelerator | None = None,
     on_step: OnStep | None = None,
     verify_shards: bool = True,
+    mirror: MirrorConfig | None = None,
 ) -> PretrainResult:
     """Train (or go on training) into `run_dir`; `on_step` hears of each update on the main process (the
     command line draws its progress bar with it). Every shard is checked against its
-    manifest before step 1 (`verify_shards=False` skips it: fast and unsafe). Raises W2VError when the run
-    diverges past its rollbacks or a single utterance does not fit in memory."""
+    manifest before step 1 (`verify_shards=False` skips it: fast and unsafe). With `mirror`, every
+    checkpoint also goes to a bucket as it is written, and `resume="auto"` also looks there. Raises W2VError
+    when the run diverges past its rollbacks, a single utterance does not fit in memory, or the mirror fails."""
     started, run_dir = time.monotonic(), Path(run_dir)
     if accelerator is None:
         layerdrop = float(model_config(config.model, config.masking).layerdrop)
@@ -91,7 +94,7 @@ def pretrain(
         with accelerator.main_process_first():  # one rank per node stages remote shards
             data = _open_data(config, shards, cache_dir or run_dir / "shard-cache", storage_options, verify_shards)
         spec = RunSpec(run_dir, config.to_dict(), config.batch.sample_rate, config.keep_last, config.guards,
-                       config.optim.lr, LR_REMEDY)  # fmt: skip
+                       config.optim.lr, LR_REMEDY, mirror=mirror)  # fmt: skip
         run = Run(accelerator, spec)
         state, loader_state, _ = run.resume(resume)
         open_at = functools.partial(_open_batches, config, data, accelerator, loader or LoaderConfig())

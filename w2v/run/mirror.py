@@ -1,0 +1,250 @@
+"""Checkpoints mirrored to a bucket as they are written, and the newest one brought back on resume.
+
+A preemptible machine that disappears takes its disk with it; a run whose checkpoints are in the bucket
+loses at most the updates since the last one. Layout at the mirror's URL:
+
+URL/checkpoints/step-00001000/   a checkpoint as w2v.upload leaves it: every file read back and checked,
+                                 _UPLOAD_COMPLETE.json (the files and their sha256) written last
+URL/checkpoints/LATEST           the newest complete checkpoint's name, written after its marker
+
+Uploads run on one background thread, so training goes on while a checkpoint travels. Each checkpoint is
+first snapshotted with hard links (RUN/.mirror/NAME, with a copy of metrics.jsonl), so the run may delete its
+local copy (keep-last) while the upload reads the snapshot. When checkpoints come faster than they upload,
+only the newest waiting one is sent. After each upload the pointer moves and the bucket keeps the last K.
+An upload that still fails after its retries is remembered: the run stops at its next checkpoint (or its
+end) and says what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from w2v.errors import W2VError
+from w2v.run.checkpoint import CHECKPOINTS, complete_checkpoints
+from w2v.upload import MARKER, RetryPolicy, UploadError, file_sha256, retrying, upload_folder
+
+logger = logging.getLogger("w2v.run")
+
+LATEST = "LATEST"
+METRICS = "metrics.jsonl"
+SNAPSHOTS = ".mirror"
+
+
+class MirrorError(W2VError):
+    """A checkpoint could not be mirrored, or one in the bucket could not be brought back."""
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    """Where a run's checkpoints are mirrored (an fsspec URL; they go under URL/checkpoints/), with what
+    options, how many the bucket keeps, and how long each transfer is retried before the run gives up."""
+
+    url: str
+    storage_options: dict[str, Any] | None = None
+    keep_last: int = 2
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def checkpoints_url(self) -> str:
+        return f"{self.url.rstrip('/')}/{CHECKPOINTS}"
+
+
+class CheckpointMirror:
+    """The background uploader of one run's checkpoints (used by the run's main process only)."""
+
+    def __init__(self, config: MirrorConfig, run_dir: Path) -> None:
+        self.config = config
+        self._snapshots = Path(run_dir) / SNAPSHOTS
+        self._run_dir = Path(run_dir)
+        self._waiting: Path | None = None
+        self._closing = False
+        self._error: str | None = None
+        self._uploaded: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="checkpoint-mirror", daemon=True)
+        self._thread.start()
+
+    @property
+    def uploaded(self) -> list[str]:
+        """The checkpoints mirrored so far, in order."""
+        with self._changed:
+            return list(self._uploaded)
+
+    @property
+    def error(self) -> str | None:
+        with self._changed:
+            return self._error
+
+    def submit(self, checkpoint: Path) -> None:
+        """Mirror `checkpoint` (a complete checkpoint folder) in the background."""
+        snapshot = _snapshot(checkpoint, self._snapshots / checkpoint.name, self._run_dir / METRICS)
+        with self._changed:
+            if self._waiting is not None and self._waiting != snapshot:
+                shutil.rmtree(self._waiting, ignore_errors=True)  # a newer one supersedes it
+            self._waiting = snapshot
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Wait for the uploads still under way (then `error` says whether one failed)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+        shutil.rmtree(self._snapshots, ignore_errors=True)
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while self._waiting is None and not self._closing:
+                    self._changed.wait()
+                snapshot, self._waiting = self._waiting, None
+                if snapshot is None:
+                    return
+            try:
+                publish_checkpoint(snapshot, self.config)
+            except (UploadError, OSError) as error:
+                with self._changed:
+                    self._error = f"checkpoint {snapshot.name} not mirrored to {self.config.url}: {error}"
+                return  # the run stops at its next checkpoint; close() removes what still waits
+            finally:
+                shutil.rmtree(snapshot, ignore_errors=True)
+            with self._changed:
+                self._uploaded.append(snapshot.name)
+            logger.info("checkpoint %s mirrored to %s", snapshot.name, self.config.checkpoints_url)
+
+
+def _snapshot(checkpoint: Path, snapshot: Path, metrics: Path) -> Path:
+    """`checkpoint`'s files hard-linked (copied where links are not possible) under `snapshot`, with a copy
+    of the run's metrics as they are now."""
+    shutil.rmtree(snapshot, ignore_errors=True)
+    for source in sorted(checkpoint.rglob("*")):
+        if not source.is_file():
+            continue
+        target = snapshot / source.relative_to(checkpoint)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    if metrics.is_file():
+        shutil.copy2(metrics, snapshot / METRICS)
+    return snapshot
+
+
+def publish_checkpoint(folder: Path, config: MirrorConfig) -> None:
+    """Upload `folder` as URL/checkpoints/NAME (read back and checked), point LATEST at it, then delete the
+    bucket's checkpoints older than the newest `keep_last` complete ones. Raises UploadError."""
+    upload_folder(folder, f"{config.checkpoints_url}/{folder.name}", config.storage_options, config.retry)
+    fs, root = fsspec.core.url_to_fs(config.checkpoints_url, **(config.storage_options or {}))
+    root = root.rstrip("/")
+    pointer = f"{root}/{LATEST}"
+    retrying(lambda: fs.pipe_file(pointer, (folder.name + "\n").encode()), config.retry, f"{pointer}: writing")
+    complete = retrying(lambda: _complete_remote(fs, root), config.retry, f"{config.checkpoints_url}: listing")
+    kept = complete[-config.keep_last :]
+    if not kept:
+        return
+    for name in retrying(lambda: _remote_steps(fs, root), config.retry, f"{config.checkpoints_url}: listing"):
+        if name < kept[0]:
+            remove = functools.partial(_remove_tree, fs, f"{root}/{name}")
+            retrying(remove, config.retry, f"{root}/{name}: deleting")
+
+
+def bring_back_newest(config: MirrorConfig, run_dir: Path) -> Path | None:
+    """When the bucket holds a newer complete checkpoint than RUN/checkpoints (a fresh machine holds none),
+    fetch it there and return it; else None. A run folder without metrics.jsonl gets the checkpoint's copy,
+    so the learning curve survives the machine. Raises MirrorError, or UploadError when unreachable."""
+    name = newest_remote_checkpoint(config)
+    local = complete_checkpoints(run_dir)
+    if name is None or (local and local[-1].name >= name):
+        return None
+    folder = fetch_checkpoint(config, name, Path(run_dir) / CHECKPOINTS)
+    copy = folder / METRICS
+    if copy.is_file():
+        if (Path(run_dir) / METRICS).is_file():
+            copy.unlink()
+        else:
+            os.replace(copy, Path(run_dir) / METRICS)
+    logger.info("resuming from %s/%s, newer than any checkpoint in %s", config.checkpoints_url, name, run_dir)
+    return folder
+
+
+def newest_remote_checkpoint(config: MirrorConfig) -> str | None:
+    """The name of the newest complete checkpoint in the bucket (the one LATEST names, when it is complete;
+    else the newest with a marker), or None when there is none. Raises UploadError when unreachable."""
+    fs, root = fsspec.core.url_to_fs(config.checkpoints_url, **(config.storage_options or {}))
+    root = root.rstrip("/")
+    url = config.checkpoints_url
+    named = retrying(lambda: _read_pointer(fs, root), config.retry, f"{url}/{LATEST}: reading")
+    if named is not None and retrying(lambda: fs.exists(f"{root}/{named}/{MARKER}"), config.retry, url):
+        return named
+    complete = retrying(lambda: _complete_remote(fs, root), config.retry, f"{url}: listing")
+    return complete[-1] if complete else None
+
+
+def fetch_checkpoint(config: MirrorConfig, name: str, checkpoints_dir: Path) -> Path:
+    """Download the bucket's checkpoint `name` into `checkpoints_dir`/NAME, every file checked against the
+    marker's sha256 (a file that differs is fetched once more), renamed into place whole. Its metrics copy
+    is left beside it as NAME/metrics.jsonl. Raises MirrorError (or UploadError when unreachable)."""
+    fs, root = fsspec.core.url_to_fs(config.checkpoints_url, **(config.storage_options or {}))
+    remote = f"{root.rstrip('/')}/{name}"
+    url = f"{config.checkpoints_url}/{name}"
+    listed = json.loads(retrying(lambda: fs.cat_file(f"{remote}/{MARKER}"), config.retry, f"{url}: reading marker"))
+    temporary = checkpoints_dir / f".fetch-{name}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    for relative, expected in sorted(listed["files"].items()):
+        target = temporary / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            get = functools.partial(fs.get_file, f"{remote}/{relative}", str(target))
+            retrying(get, config.retry, f"{url}/{relative}")
+            if target.stat().st_size == expected["bytes"] and file_sha256(target) == expected["sha256"]:
+                break
+            if attempt == 1:
+                shutil.rmtree(temporary, ignore_errors=True)
+                raise MirrorError(
+                    f"{url}/{relative}: differs from its upload marker (sha256 {expected['sha256'][:12]}…) after "
+                    "fetching it twice; the bucket's copy is damaged: resume from another checkpoint"
+                )
+    final = checkpoints_dir / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(temporary, final)
+    return final
+
+
+def _remote_steps(fs: Any, root: str) -> list[str]:
+    """The names of the checkpoint folders under `root`, oldest first ([] when there is no such folder)."""
+    fs.invalidate_cache()
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    names = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "directory"]
+    return sorted(name for name in names if name.startswith("step-"))
+
+
+def _complete_remote(fs: Any, root: str) -> list[str]:
+    return [name for name in _remote_steps(fs, root) if fs.exists(f"{root}/{name}/{MARKER}")]
+
+
+def _read_pointer(fs: Any, root: str) -> str | None:
+    try:
+        named = fs.cat_file(f"{root}/{LATEST}").decode().strip()
+    except FileNotFoundError:
+        return None
+    return str(named) if named.startswith("step-") else None
+
+
+def _remove_tree(fs: Any, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
