@@ -19,9 +19,16 @@ from tests.data.shard_folders import write_shard_folder
 from tests.kill import kill_when
 from tests.servers import free_port, moto_s3_server
 from w2v.data.loader import LoaderConfig
-from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.checkpoint import complete_checkpoints, stale_checkpoints
 from w2v.run.metrics import read_metrics
-from w2v.run.mirror import LATEST, MirrorConfig, MirrorError, bring_back_newest, fetch_checkpoint
+from w2v.run.mirror import (
+    LATEST,
+    MirrorConfig,
+    MirrorError,
+    bring_back_newest,
+    fetch_checkpoint,
+    publish_checkpoint,
+)
 from w2v.storage import STORAGE_OPTIONS_ENV
 from w2v.train.config import TrainConfig
 from w2v.train.recipe import pretrain
@@ -124,12 +131,33 @@ def test_a_bucket_that_stops_answering_stops_the_run_at_a_checkpoint_and_says_so
 ) -> None:
     dead = {"endpoint_url": f"http://127.0.0.1:{free_port()}", "key": "testing", "secret": "testing"}
     mirror = MirrorConfig("s3://runs/gone", dead, retry=RetryPolicy(attempts=2, first_wait_seconds=0.1))
-    config = TrainConfig.from_yaml(config_file)
+    # Long enough that the failed upload of step 10 is noticed at a later checkpoint, well before the end.
+    config = TrainConfig.from_yaml(config_file, ["max_steps=300"])
     with pytest.raises(MirrorError, match=r"not mirrored to s3://runs/gone: .*failed 2 times") as caught:
         pretrain(config, [str(shards)], tmp_path, loader=LoaderConfig(num_workers=0), mirror=mirror, resume="never")
     assert "\n" not in str(caught.value)
     saved = complete_checkpoints(tmp_path)  # what was saved before the stop is kept, and named
     assert saved and f"the run stopped at {saved[-1]}" in str(caught.value)
+    assert saved[-1].name < "step-00000300", "the failure was noticed only when the run ended"
+    assert "credentials" not in repr(mirror) and "testing" not in repr(mirror)
+
+
+def test_a_run_that_starts_over_replaces_the_newer_checkpoints_of_the_history_it_replaced(
+    mirrored: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, bucket = mirrored
+    copy = tmp_path / "bucket"
+    shutil.copytree(bucket, copy)
+    older = tmp_path / "snapshot" / "step-00000010"
+    shutil.copytree(copy / "checkpoints" / "step-00000020", older)
+    (older / MARKER).unlink()
+    publish_checkpoint(older, MirrorConfig(str(copy), keep_last=2, retry=FAST))
+    assert (copy / "checkpoints" / LATEST).read_text().strip() == "step-00000010"
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir() if p.is_dir()) == ["step-00000010"]
+    # The same rule on the run's own disk: a checkpoint saved after starting over outlives the old ones.
+    found = [tmp_path / f"step-{n:08d}" for n in (10, 20, 30)]
+    assert stale_checkpoints(found, found[0], keep_last=2) == found[1:]
+    assert stale_checkpoints(found, found[2], keep_last=2) == found[:1]
 
 
 @pytest.mark.network

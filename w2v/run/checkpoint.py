@@ -92,10 +92,18 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(temporary, final)
         fsync_dir(folder)
-        for old in complete_checkpoints(run_dir)[:-keep_last]:
+        for old in stale_checkpoints(complete_checkpoints(run_dir), final, keep_last):
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def stale_checkpoints(found: list[Path], saved: Path, keep_last: int) -> list[Path]:
+    """Of `found` (oldest first), those to delete once `saved` is written: all but the last `keep_last` up
+    to it, and every newer one (left by a history this run replaced: it started over or resumed from an
+    older checkpoint; `--resume auto` must not go back to them)."""
+    up_to = [path for path in found if path.name <= saved.name]
+    return up_to[:-keep_last] + [path for path in found if path.name > saved.name]
 
 
 def share_identical_file(original: Path, copy: Path) -> bool:

@@ -37,6 +37,7 @@ from w2v.run.mirror import CheckpointMirror, MirrorConfig, MirrorError, bring_ba
 from w2v.run.state import RunState
 
 logger = logging.getLogger("w2v.run")
+ABANDON_WAIT_SECONDS = 600.0  # how long a failing run waits for its last checkpoint to reach the bucket
 
 
 def make_accelerator(mixed_precision: str, *, unused_parameters: bool = False) -> Accelerator:
@@ -230,10 +231,8 @@ class Run:
         )
         if self.accelerator.is_main_process:
             clear_marker(spec.folder)  # the checkpoint holds the split now
-        if self._mirror is not None:
-            self._mirror.submit(self.last_checkpoint)
         if spec.mirror is not None:  # an earlier upload that failed for good stops the run here, saved
-            self._everywhere(self._mirror_failure)
+            self._everywhere(self._submit_to_mirror)
         return self.last_checkpoint
 
     def save_best(self, model: Any, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> Path:
@@ -248,6 +247,33 @@ class Run:
         if self.spec.mirror is not None:
             self._everywhere(self._close_mirror)
         self.accelerator.wait_for_everyone()
+
+    @contextmanager
+    def finishing(self) -> Iterator[None]:
+        """The run's training: closed when it ends, abandoned (the upload under way may finish) when an error
+        ends it."""
+        try:
+            yield
+        except BaseException:
+            if self.accelerator.is_main_process:
+                self.abandon()
+            raise
+        self.close()
+
+    def abandon(self) -> None:
+        """After an error that ends the run: let the checkpoint upload under way finish (bounded), so the
+        bucket holds the newest checkpoint the run saved. Never raises; the main process only."""
+        if self._mirror is None:
+            return
+        logger.warning("waiting for the checkpoint upload under way to %s to finish", self._mirror.config.url)
+        self._mirror.close(timeout=ABANDON_WAIT_SECONDS)
+        if self._mirror.error is not None:
+            logger.warning("%s", self._mirror.error)
+
+    def _submit_to_mirror(self) -> None:
+        self._mirror_failure()
+        if self._mirror is not None and self.last_checkpoint is not None:
+            self._mirror.submit(self.last_checkpoint)
 
     def _mirror_failure(self) -> None:
         error = self._mirror.error if self._mirror is not None else None
@@ -266,8 +292,8 @@ class Run:
         if self.accelerator.is_main_process:
             try:
                 action()
-            except W2VError as error:
-                message = [str(error)]
+            except (W2VError, OSError, ValueError, KeyError) as error:  # damaged or unreadable: one line
+                message = [str(error) if isinstance(error, W2VError) else f"{type(error).__name__}: {error}"]
         message = broadcast_object_list(message)
         if message[0] is not None:
             raise MirrorError(message[0])

@@ -32,7 +32,7 @@ import fsspec
 
 from w2v.errors import W2VError
 from w2v.run.checkpoint import CHECKPOINTS, complete_checkpoints
-from w2v.upload import MARKER, RetryPolicy, UploadError, file_sha256, retrying, upload_folder
+from w2v.upload import MARKER, RetryPolicy, file_sha256, retrying, upload_folder
 
 logger = logging.getLogger("w2v.run")
 
@@ -51,7 +51,7 @@ class MirrorConfig:
     options, how many the bucket keeps, and how long each transfer is retried before the run gives up."""
 
     url: str
-    storage_options: dict[str, Any] | None = None
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)  # may hold credentials
     keep_last: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -65,8 +65,10 @@ class CheckpointMirror:
 
     def __init__(self, config: MirrorConfig, run_dir: Path) -> None:
         self.config = config
-        self._snapshots = Path(run_dir) / SNAPSHOTS
         self._run_dir = Path(run_dir)
+        self._snapshots = self._run_dir / SNAPSHOTS
+        shutil.rmtree(self._snapshots, ignore_errors=True)  # a killed run's snapshots: links to old files
+        self._submitted = 0
         self._waiting: Path | None = None
         self._closing = False
         self._error: str | None = None
@@ -83,25 +85,37 @@ class CheckpointMirror:
 
     @property
     def error(self) -> str | None:
+        """Why mirroring stopped, or None while it works."""
         with self._changed:
+            if self._error is None and not self._thread.is_alive() and not self._closing:
+                return f"the upload thread of {self.config.url} ended unexpectedly"
             return self._error
 
     def submit(self, checkpoint: Path) -> None:
-        """Mirror `checkpoint` (a complete checkpoint folder) in the background."""
-        snapshot = _snapshot(checkpoint, self._snapshots / checkpoint.name, self._run_dir / METRICS)
+        """Mirror `checkpoint` (a complete checkpoint folder) in the background. Raises MirrorError when it
+        cannot be snapshotted (a full disk, or the folder is gone)."""
+        self._submitted += 1
+        folder = self._snapshots / f"{self._submitted:06d}" / checkpoint.name  # each its own: none is reused
+        try:
+            snapshot = _snapshot(checkpoint, folder, self._run_dir / METRICS)
+        except OSError as error:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            raise MirrorError(f"{checkpoint}: cannot be snapshotted for {self.config.url}: {error}") from error
         with self._changed:
-            if self._waiting is not None and self._waiting != snapshot:
-                shutil.rmtree(self._waiting, ignore_errors=True)  # a newer one supersedes it
+            if self._waiting is not None:
+                shutil.rmtree(self._waiting.parent, ignore_errors=True)  # a newer one supersedes it
             self._waiting = snapshot
             self._changed.notify_all()
 
-    def close(self) -> None:
-        """Wait for the uploads still under way (then `error` says whether one failed)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Wait (at most `timeout` seconds) for the upload under way and the one waiting; then `error` says
+        whether one failed."""
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-        self._thread.join()
-        shutil.rmtree(self._snapshots, ignore_errors=True)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            shutil.rmtree(self._snapshots, ignore_errors=True)
 
     def _work(self) -> None:
         while True:
@@ -113,12 +127,12 @@ class CheckpointMirror:
                     return
             try:
                 publish_checkpoint(snapshot, self.config)
-            except (UploadError, OSError) as error:
+            except Exception as error:  # any failure must reach the run, not die with the thread
                 with self._changed:
                     self._error = f"checkpoint {snapshot.name} not mirrored to {self.config.url}: {error}"
                 return  # the run stops at its next checkpoint; close() removes what still waits
             finally:
-                shutil.rmtree(snapshot, ignore_errors=True)
+                shutil.rmtree(snapshot.parent, ignore_errors=True)
             with self._changed:
                 self._uploaded.append(snapshot.name)
             logger.info("checkpoint %s mirrored to %s", snapshot.name, self.config.checkpoints_url)
@@ -144,18 +158,21 @@ def _snapshot(checkpoint: Path, snapshot: Path, metrics: Path) -> Path:
 
 def publish_checkpoint(folder: Path, config: MirrorConfig) -> None:
     """Upload `folder` as URL/checkpoints/NAME (read back and checked), point LATEST at it, then delete the
-    bucket's checkpoints older than the newest `keep_last` complete ones. Raises UploadError."""
+    bucket's checkpoints older than the newest `keep_last` complete ones up to NAME, and those newer than
+    NAME (the bucket mirrors the run's history). Raises UploadError."""
     upload_folder(folder, f"{config.checkpoints_url}/{folder.name}", config.storage_options, config.retry)
     fs, root = fsspec.core.url_to_fs(config.checkpoints_url, **(config.storage_options or {}))
     root = root.rstrip("/")
     pointer = f"{root}/{LATEST}"
     retrying(lambda: fs.pipe_file(pointer, (folder.name + "\n").encode()), config.retry, f"{pointer}: writing")
+    listed = retrying(lambda: _remote_steps(fs, root), config.retry, f"{config.checkpoints_url}: listing")
     complete = retrying(lambda: _complete_remote(fs, root), config.retry, f"{config.checkpoints_url}: listing")
-    kept = complete[-config.keep_last :]
-    if not kept:
-        return
-    for name in retrying(lambda: _remote_steps(fs, root), config.retry, f"{config.checkpoints_url}: listing"):
-        if name < kept[0]:
+    kept = [name for name in complete if name <= folder.name][-config.keep_last :]
+    oldest_kept = kept[0] if kept else folder.name
+    for name in listed:
+        # Older than the last K, or newer than this one: left by a history this run replaced (it started
+        # over, or resumed from an older checkpoint), which a successor must not resume.
+        if name < oldest_kept or name > folder.name:
             remove = functools.partial(_remove_tree, fs, f"{root}/{name}")
             retrying(remove, config.retry, f"{root}/{name}: deleting")
 
@@ -206,7 +223,7 @@ def fetch_checkpoint(config: MirrorConfig, name: str, checkpoints_dir: Path) -> 
         target = temporary / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(2):
-            get = functools.partial(fs.get_file, f"{remote}/{relative}", str(target))
+            get = functools.partial(_get, fs, f"{remote}/{relative}", target, url)
             retrying(get, config.retry, f"{url}/{relative}")
             if target.stat().st_size == expected["bytes"] and file_sha256(target) == expected["sha256"]:
                 break
@@ -235,6 +252,13 @@ def _remote_steps(fs: Any, root: str) -> list[str]:
 
 def _complete_remote(fs: Any, root: str) -> list[str]:
     return [name for name in _remote_steps(fs, root) if fs.exists(f"{root}/{name}/{MARKER}")]
+
+
+def _get(fs: Any, remote: str, target: Path, url: str) -> None:
+    try:
+        fs.get_file(remote, str(target))
+    except FileNotFoundError:  # not a hiccup to retry: the marker names a file the bucket lacks
+        raise MirrorError(f"{url}: {remote.rsplit('/', 1)[-1]} is listed in its marker but missing") from None
 
 
 def _read_pointer(fs: Any, root: str) -> str | None:

@@ -96,40 +96,40 @@ def pretrain(
         spec = RunSpec(run_dir, config.to_dict(), config.batch.sample_rate, config.keep_last, config.guards,
                        config.optim.lr, LR_REMEDY, mirror=mirror)  # fmt: skip
         run = Run(accelerator, spec)
-        state, loader_state, _ = run.resume(resume)
-        open_at = functools.partial(_open_batches, config, data, accelerator, loader or LoaderConfig())
-        batches = StepBatches(open_at, loader_state, state.micro_batch_split)
-        update = functools.partial(train_step, accelerator, model, optimizer, scheduler, seed=config.seed,
-                                   accumulation=config.gradient_accumulation,
-                                   max_grad_norm=config.optim.max_grad_norm)  # fmt: skip
+        with run.finishing():  # closed at the end; after an error, the last upload may finish
+            state, loader_state, _ = run.resume(resume)
+            open_at = functools.partial(_open_batches, config, data, accelerator, loader or LoaderConfig())
+            batches = StepBatches(open_at, loader_state, state.micro_batch_split)
+            update = functools.partial(train_step, accelerator, model, optimizer, scheduler, seed=config.seed,
+                                       accumulation=config.gradient_accumulation,
+                                       max_grad_norm=config.optim.max_grad_norm)  # fmt: skip
 
-        window: list[tuple[int, StepResult]] = []  # the updates since the last log record
-        stopped_by = None
-        while state.step < config.max_steps:
-            temperature = _set_temperature(accelerator, model, config, state.step)
-            state, result = run.guarded_step(state, batches, update, scheduler)
-            if result is None:  # to be redone in smaller pieces, or rolled back to a checkpoint
-                window = [(step, r) for step, r in window if step <= state.step]
-                continue
-            window.append((state.step, result))
-            if on_step is not None and accelerator.is_main_process:
-                rate = result.audio_samples / config.batch.sample_rate / max(result.seconds, 1e-9)
-                on_step(StepReport(state.step, config.max_steps, result.loss, rate))
-            record: dict[str, Any] = {}
-            if due(state.step, config.log_every, config.max_steps):
-                record = log_record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
-                record["warnings"] = record_warnings(record, state, accelerator.unwrap_model(model).config, config)
-                state = with_lowest_loss(state, record["contrastive_loss"])
-                run.log(record)
-                window = []
-            if data.held_out and due(state.step, config.eval_every, config.max_steps):
-                state = _validate(run, model, state, result.state_after, data.held_out, config)
-            stopped_by = _stop_reason(config, state, started)
-            if due(state.step, config.checkpoint_every, config.max_steps) or stopped_by:
-                run.checkpoint(model, state, result.state_after, record)
-            if stopped_by:
-                break
-        run.close()
+            window: list[tuple[int, StepResult]] = []  # the updates since the last log record
+            stopped_by = None
+            while state.step < config.max_steps:
+                temperature = _set_temperature(accelerator, model, config, state.step)
+                state, result = run.guarded_step(state, batches, update, scheduler)
+                if result is None:  # to be redone in smaller pieces, or rolled back to a checkpoint
+                    window = [(step, r) for step, r in window if step <= state.step]
+                    continue
+                window.append((state.step, result))
+                if on_step is not None and accelerator.is_main_process:
+                    rate = result.audio_samples / config.batch.sample_rate / max(result.seconds, 1e-9)
+                    on_step(StepReport(state.step, config.max_steps, result.loss, rate))
+                record: dict[str, Any] = {}
+                if due(state.step, config.log_every, config.max_steps):
+                    record = log_record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
+                    record["warnings"] = record_warnings(record, state, accelerator.unwrap_model(model).config, config)
+                    state = with_lowest_loss(state, record["contrastive_loss"])
+                    run.log(record)
+                    window = []
+                if data.held_out and due(state.step, config.eval_every, config.max_steps):
+                    state = _validate(run, model, state, result.state_after, data.held_out, config)
+                stopped_by = _stop_reason(config, state, started)
+                if due(state.step, config.checkpoint_every, config.max_steps) or stopped_by:
+                    run.checkpoint(model, state, result.state_after, record)
+                if stopped_by:
+                    break
         return PretrainResult(run_dir, state.step, run.last_checkpoint, stopped_by or "max_steps", state.skipped_steps)
 
 
