@@ -90,5 +90,6 @@ Demo finished in $(( $(date +%s) - started )) s. Where things are:
   TensorBoard logs:       tensorboard --logdir demo/runs/tiny/tensorboard
   training report:        demo/runs/tiny/report.md
   CTC fine-tunes:         demo/ctc/pretrained/best/model, demo/ctc/random-init/best/model (logs: demo/ctc-*.log)
-  uploaded checkpoint:    demo/bucket/tiny   (_UPLOAD_COMPLETE.json lists every file and its sha256)
+  bucket (a folder here): demo/bucket/tiny/best (the best model), demo/bucket/tiny/checkpoints (each checkpoint
+                          as it was written, LATEST names the newest; _UPLOAD_COMPLETE.json lists files and sha256)
 DONE
