@@ -114,7 +114,7 @@ def make_loader(
     if split < 1:
         raise W2VError(f"loader: split must be at least 1, got {split}")
     check_sample_rates(corpora, config)
-    stream = BatchStream([c.num_samples for c in corpora], config, seed, weights)
+    stream = BatchStream([c.num_samples for c in corpora], config, seed, weights, [c.shard for c in corpora])
     start = stream.initial_state() if state is None else _adopt(stream, state, rank)
     pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
     workers = loader.num_workers

@@ -50,6 +50,11 @@ class BatchConfig:
     # Utterances whose lengths differ by less than this share sort as equals (in random order), so batches
     # are not made of the same neighbours every epoch; it bounds the padding or cropping it adds.
     length_tolerance: float = 0.01
+    # Streaming from a bucket through a small cache: plan each epoch in windows of this many shards (in a
+    # shuffled shard order), so a shard is needed only during its window and a cache of about two windows
+    # downloads the corpus about once per epoch. Batches mix utterances of the window's shards only: larger
+    # windows mix more and need a larger cache. None: one window of every shard (a full shuffle).
+    shuffle_window_shards: int | None = None
 
     def __post_init__(self) -> None:
         if (self.max_batch_seconds is None) == (self.max_batch_samples is None):
@@ -67,6 +72,7 @@ class BatchConfig:
             "num_buckets": self.num_buckets,
             "pool_batches": self.pool_batches,
             "length_tolerance": self.length_tolerance,
+            "shuffle_window_shards": self.shuffle_window_shards,
         }
         for name, value in positive.items():
             if value is not None and not value > 0:
@@ -142,6 +148,32 @@ def plan_batches(num_samples: np.ndarray, config: BatchConfig, seed: int, epoch:
             pool = pool[np.argsort(sort_keys[pool], kind="stable")]
             batches += _pack(pool, costs[pool], budget, first_rows=int(rng.integers(1, per_batch + 1)))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def plan_shard_windows(
+    num_samples: np.ndarray, shard_of: np.ndarray, config: BatchConfig, seed: int, epoch: int
+) -> list[np.ndarray]:
+    """`plan_batches`, in windows of `config.shuffle_window_shards` shards: the epoch's shard order is a
+    seeded permutation, cut into windows; each window's utterances are planned (bucketed, pooled, packed,
+    shuffled) on their own and the windows follow one another. Every utterance is in exactly one batch; a
+    batch holds utterances of one window's shards only. Without a window size, `plan_batches` itself."""
+    window = config.shuffle_window_shards
+    shard_of = np.asarray(shard_of, dtype=np.int64)
+    if window is None or shard_of.size == 0:
+        return plan_batches(num_samples, config, seed, epoch)
+    num_samples = np.asarray(num_samples, dtype=np.int64)
+    shards = np.unique(shard_of)
+    order = np.random.default_rng([seed, epoch, 1]).permutation(shards)
+    place = np.empty(int(shards.max()) + 1, dtype=np.int64)
+    place[order] = np.arange(order.size)
+    window_of = place[shard_of] // window
+    rows = np.argsort(window_of, kind="stable")
+    ends = np.searchsorted(window_of[rows], np.arange(1, -(-order.size // window) + 1))
+    batches: list[np.ndarray] = []
+    for number, members in enumerate(np.split(rows, ends[:-1])):
+        planned = plan_batches(num_samples[members], config, seed, epoch * 1_000_003 + number)
+        batches += [members[batch] for batch in planned]
+    return batches
 
 
 def length_buckets(lengths: np.ndarray, num_buckets: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v.data.plan import BatchConfig, plan_batches
+from w2v.data.plan import BatchConfig, plan_batches, plan_shard_windows
 from w2v.errors import W2VError
 
 _MASK64 = (1 << 64) - 1
@@ -82,7 +82,10 @@ class BatchStream:
         config: BatchConfig,
         seed: int,
         weights: Sequence[float] | None = None,
+        shards: Sequence[np.ndarray] | None = None,
     ) -> None:
+        """`shards`: each corpus' shard number per utterance, for plans in windows of shards
+        (`config.shuffle_window_shards`); without them every epoch is one full shuffle."""
         if not num_samples:
             raise W2VError("batch stream: no corpus given")
         weights = [1.0] * len(num_samples) if weights is None else list(weights)
@@ -92,6 +95,7 @@ class BatchStream:
             if len(lengths) == 0:
                 raise W2VError(f"batch stream: corpus {k} has no utterances")
         self.num_samples = [np.asarray(n, dtype=np.int64) for n in num_samples]
+        self.shards = [np.asarray(s, dtype=np.int64) for s in shards] if shards is not None else None
         self.config = config
         self.seed = seed
         total = float(sum(weights))
@@ -125,7 +129,11 @@ class BatchStream:
         if key not in self._plans:
             for old in [k for k in self._plans if k[0] == corpus and k[1] < epoch - 1]:
                 del self._plans[old]
-            self._plans[key] = plan_batches(self.num_samples[corpus], self.config, self.seed, epoch)
+            lengths = self.num_samples[corpus]
+            if self.shards is None:
+                self._plans[key] = plan_batches(lengths, self.config, self.seed, epoch)
+            else:
+                self._plans[key] = plan_shard_windows(lengths, self.shards[corpus], self.config, self.seed, epoch)
         return self._plans[key]
 
     def corpus_at(self, position: int) -> int:
