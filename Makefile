@@ -61,6 +61,7 @@ bench: venv system-deps
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/learning.py
 	$(BIN)/python benchmarks/verify.py
+	$(BIN)/python benchmarks/cache_replay.py
 	if $(BIN)/python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then \
 		$(BIN)/python benchmarks/gpu.py && PYTHON=$(BIN)/python bash benchmarks/gpu_checks.sh; fi
 

@@ -130,3 +130,17 @@ def test_the_learning_benchmark_compares_both_inits_on_every_task() -> None:
         assert len(task["pretrained"]["seeds"]) == len(task["random_init"]["seeds"]) == 1
         assert task["pretrained"]["mean"] >= 0 and task["random_init"]["mean"] >= 0 and 0 < task["chance"] <= 1
     assert isinstance(result["pretrained_ahead_everywhere"], bool) and "collapsed" in result["pretraining"]["runs"][0]
+
+
+def test_the_cache_replay_benchmark_compares_windows_caches_and_policies() -> None:
+    command = [sys.executable, "benchmarks/cache_replay.py", "--quick"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout)
+    rows = {(r["shuffle_window_shards"], r["cache_share"], r["policy"]): r for r in result["results"]}
+    assert len(rows) == 2 * 4 * 2  # a full shuffle and one window; four cache sizes; two policies
+    for key, row in rows.items():
+        assert row["fetched_first_epoch"] >= 1.0 and 0 <= row["hit_rate"] <= 1, key
+        if key[0] is not None and key[1] == 0.25:  # the window fits: the corpus is fetched about once
+            assert row["fetched_per_epoch"] <= 1.0 and row["mixing"] < 1, key
+    assert rows[(None, 0.1, "plan")]["fetched_per_epoch"] > 10  # a full shuffle thrashes a small cache
+    assert rows[(None, 0.1, "plan")]["fetched_per_epoch"] < rows[(None, 0.1, "lru")]["fetched_per_epoch"]
