@@ -14,10 +14,12 @@ import pytest
 import s3fs
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from tests.data.shard_folders import write_shard_folder
 from tests.kill import kill_when
 from tests.servers import free_port, moto_s3_server
+from w2v.cli import app
 from w2v.data.loader import LoaderConfig
 from w2v.run.checkpoint import complete_checkpoints, stale_checkpoints
 from w2v.run.metrics import read_metrics
@@ -49,6 +51,7 @@ masking: {num_negatives: 20}
 optim: {lr: 2.0e-3, warmup_steps: 5}
 """
 FAST = RetryPolicy(attempts=3, first_wait_seconds=0.1, max_wait_seconds=0.5)
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +202,18 @@ def test_a_preempted_run_resumes_from_the_bucket_on_an_empty_disk_and_ends_on_th
     assert [r["step"] for r in read_metrics(run)] == [5, 10, 15, 20, 25, 30]  # the curve survived the machine
     # Steps 1-20 were not trained again: their records (wall-clock throughput included) are the killed run's.
     assert (run / "metrics.jsonl").read_text().splitlines()[:4] == before
+
+
+def test_bad_storage_options_for_the_mirror_fail_in_one_line_without_repeating_a_secret(
+    shards: Path, config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = ["pretrain", "--shards", str(shards), "--output", str(tmp_path / "run"), "--config", str(config_file)]
+    command += ["--upload-to", "s3://runs/nightly"]
+    on_command_line = runner.invoke(app, [*command, "--storage-options", '{"secret": "s3cr3t-on-argv"}'])
+    assert on_command_line.exit_code == 2
+    assert "--storage-options: secret must not be given on the command line" in on_command_line.output
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, '{"secret": "s3cr3t-in-env"')  # the closing brace is missing
+    broken = runner.invoke(app, command)
+    assert broken.exit_code == 2 and "$W2V_STORAGE_OPTIONS: not JSON" in broken.output, broken.output
+    assert "s3cr3t" not in broken.output
+    assert not (tmp_path / "run" / "checkpoints").exists()

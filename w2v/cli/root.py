@@ -97,31 +97,32 @@ StorageOptionsText = Annotated[
 
 def storage_options_from_environment(options: dict[str, Any] | None) -> dict[str, Any] | None:
     """`options` and the JSON object in $W2V_STORAGE_OPTIONS merged (it may hold credentials: a process's
-    environment is not shown to other users, unlike its command line), or a one-line failure."""
+    environment is not shown to other users, unlike its command line), or a one-line failure that does not
+    repeat the variable's value."""
     from w2v.storage import STORAGE_OPTIONS_ENV
 
     text = os.environ.get(STORAGE_OPTIONS_ENV)
     if not text:
         return options
+    return {**(options or {}), **_options_object(text, f"${STORAGE_OPTIONS_ENV}")}
+
+
+def _options_object(text: str, where: str) -> dict[str, Any]:
+    """`text` as a JSON object of fsspec options, or a one-line failure naming `where` (not quoting `text`)."""
     try:
-        given = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as error:
-        fail(f"${STORAGE_OPTIONS_ENV}: not JSON ({error.msg} at column {error.colno})")
-    if not isinstance(given, dict):
-        fail(f"${STORAGE_OPTIONS_ENV}: expected a JSON object of fsspec options, got {type(given).__name__}")
-    return {**(options or {}), **given}
+        fail(f'{where}: not JSON ({error.msg} at column {error.colno}); expected an object like {{"endpoint_url": …}}')
+    if not isinstance(value, dict):
+        fail(f"{where}: expected a JSON object of fsspec options, got {type(value).__name__}")
+    return value
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     """--storage-options: a JSON object of fsspec options, or a one-line failure naming the option."""
     if not text:
         return None
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as error:
-        fail(f'--storage-options: not JSON ({error}); expected an object like \'{{"endpoint_url": "http://…"}}\'')
-    if not isinstance(options, dict):
-        fail(f"--storage-options: expected a JSON object of fsspec options, got {type(options).__name__}")
+    options = _options_object(text, "--storage-options")
     from w2v.storage import credential_keys
 
     if found := credential_keys(options):  # a command line is visible to every user of the machine
