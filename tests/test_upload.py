@@ -102,3 +102,19 @@ def test_a_local_folder_is_the_default_kind_of_destination(tmp_path: Path) -> No
     assert result.files == 3
     assert (tmp_path / "bucket" / "ckpt" / MARKER).is_file()
     assert (tmp_path / "bucket" / "ckpt" / "trainer.json").read_text() == '{"step": 10}\n'
+
+
+def test_identical_files_are_sent_once_and_copied_by_the_destination(tmp_path: Path) -> None:
+    local = _checkpoint(tmp_path / "step-00000010", files=2, megabytes=2)
+    weights = local / "model" / "part-1.bin"
+    (local / "accelerate" / "model.safetensors").hardlink_to(weights)  # as checkpoints keep their weights
+    (local / "copy-of-weights.bin").write_bytes(weights.read_bytes())
+    with moto_s3_server() as server:
+        url = "s3://runs/dedup/step-00000010"
+        result = upload_folder(local, url, server.storage_options, FAST)
+        distinct = {p.read_bytes() for p in local.rglob("*") if p.is_file()}
+        assert result.bytes_put == sum(len(b) for b in distinct)
+        fs = _fs(server)
+        for path in local.rglob("*"):
+            if path.is_file():
+                assert fs.cat_file(f"runs/dedup/step-00000010/{path.relative_to(local)}") == path.read_bytes()

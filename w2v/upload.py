@@ -1,8 +1,9 @@
 """Upload a checkpoint (any folder) to an fsspec URL: retried, read back and checked, marked complete last.
 
-Each file is put (s3fs splits large ones into multipart uploads), then every remote file is read back and
-its sha256 compared with the local file's; files that are missing or differ are put again, until all match
-or the retries run out. Only then is `_UPLOAD_COMPLETE.json` written, listing every file and its sha256:
+Each file is put (s3fs splits large ones into multipart uploads; a file identical to one already there,
+such as a checkpoint's weights saved twice, is copied by the destination instead), then every remote file
+is read back and its sha256 compared with the local file's; files that are missing or differ are put again,
+until all match or the retries run out. Only then is `_UPLOAD_COMPLETE.json` written, listing every file and its sha256:
 a reader that finds the marker finds the whole checkpoint. Uploading again is cheap when the marker
 already lists the same files. The local folder is never modified.
 """
@@ -43,7 +44,9 @@ class RetryPolicy:
 class UploadResult:
     url: str
     files: int
-    bytes_put: int  # bytes sent by this call (0 when the destination already held the same checkpoint)
+    # Bytes sent by this call (0 when the destination already held the same checkpoint); a file identical to
+    # another is copied by the destination, not sent again.
+    bytes_put: int
     already_complete: bool
 
 
@@ -70,10 +73,17 @@ def upload_folder(
             marker = json.dumps({"files": expected, "completed": completed}).encode()
             retrying(functools.partial(fs.pipe_file, f"{root}/{MARKER}", marker), retry, f"{url}: writing {MARKER}")
             return UploadResult(url, len(files), sent, False)
+        holding = {files[name]: name for name in files if name not in wrong}  # checked remote copies
         for name in wrong:
+            source = holding.get(files[name])
+            if source is not None:  # the same bytes are there (a checkpoint's weights, twice): copy remotely
+                copy = functools.partial(_copy, fs, f"{root}/{source}", f"{root}/{name}")
+                retrying(copy, retry, f"{url}/{name}: copy")
+                continue
             put = functools.partial(_put, fs, local / name, f"{root}/{name}")
             retrying(put, retry, f"{url}/{name}: upload")
             sent += (local / name).stat().st_size
+            holding[files[name]] = name
     raise UploadError(f"{url}: files still differ from {local} after {retry.attempts} rounds; no marker written")
 
 
@@ -83,6 +93,13 @@ def _put(fs: Any, source: Path, target: str) -> None:
     with contextlib.suppress(PermissionError):
         fs.makedirs(parent, exist_ok=True)
     fs.put_file(str(source), target)
+
+
+def _copy(fs: Any, source: str, target: str) -> None:
+    """A copy made by the destination itself (S3: CopyObject), so identical files are sent once."""
+    with contextlib.suppress(PermissionError):
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    fs.copy(source, target)
 
 
 def _mismatches(fs: Any, root: str, files: dict[str, str]) -> list[str]:
