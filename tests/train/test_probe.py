@@ -23,6 +23,7 @@ from w2v.train.probe import (
     ProbeConfig,
     fit_linear_classifier,
     probe_features,
+    probe_key,
     probe_utterances,
     random_init_like,
     stratified_split,
@@ -196,3 +197,11 @@ def test_evaluate_reports_probes_for_speaker_and_label(labelled: Path, tiny_mode
 
     wrong = runner.invoke(app, [*arguments, "--probe-layer", "5"])
     assert wrong.exit_code == 2 and "--probe-layer 5" in wrong.output
+
+
+def test_the_probe_keys_an_utterance_by_its_recording_not_by_where_the_corpus_lives() -> None:
+    here = probe_key("/home/a/demo/raw/spk3/utt12.wav", "utt12-1a2b3c4d-0001")
+    moved = probe_key("s3://bucket/elsewhere/raw/spk3/utt12.wav", "utt12-99ff00aa-0001")
+    assert here == moved == "spk3/utt12.wav#0001"
+    assert probe_key("/home/a/demo/raw/spk3/utt12.wav", "utt12-1a2b3c4d-0002") != here
+    assert probe_key("/home/a/demo/raw/spk4/utt12.wav", "utt12-1a2b3c4d-0001") != here

@@ -24,6 +24,7 @@ from w2v.data.collate import collate
 from w2v.data.corpus import ShardCorpus
 from w2v.data.plan import BatchConfig
 from w2v.errors import W2VError
+from w2v.shards.index import split_key
 
 logger = logging.getLogger("w2v.probe")
 PROBE_COLUMNS = ("speaker", "label")
@@ -131,7 +132,9 @@ def probe_columns(
     by_column = {column: labels for column, labels in by_column.items() if any(v is not None for v in labels)}
     if not by_column:
         return []
-    keys = [k or "" for c in corpora for k in c.column("id")]
+    ids = [k or "" for c in corpora for k in c.column("id")]
+    sources = [s or "" for c in corpora for s in c.column("source")]
+    keys = [probe_key(source, utterance_id) for source, utterance_id in zip(sources, ids, strict=True)]
     wanted: dict[str, tuple[np.ndarray, list[str | None]]] = {}
     for column, labels in by_column.items():
         chosen = probe_utterances(labels, keys, seed, config.max_utterances)
@@ -163,6 +166,13 @@ def probe_columns(
         if result is not None:
             results.append(result)
     return results
+
+
+def probe_key(source: str, utterance_id: str) -> str:
+    """What the probe's choice and split hash for an utterance: its recording's last two path parts and its
+    piece number ("spk3/utt12.wav#0001"). Not the id itself, whose prefix hashes the whole URI: the same
+    corpus prepared in another folder (a fresh clone's demo) would then be probed on other utterances."""
+    return f"{split_key(source)}#{utterance_id.rsplit('-', 1)[-1]}"
 
 
 def probe_utterances(labels: Sequence[str | None], keys: Sequence[str], seed: int, limit: int | None) -> np.ndarray:
