@@ -1,0 +1,224 @@
+"""The bounded shard cache: every item's shards on disk when the reader gets it, the disk within the limit,
+fetches in plan order with Belady eviction, and faults that end in one line naming the shard."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from w2v.data.eviction import simulate
+from w2v.data.shard_cache import CacheError, RemoteShard, ShardCache
+from w2v.shards.manifest import FileEntry
+
+SIZE = 1000
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """A local 'store' whose opens fail `failures` times first, and that counts opens per path."""
+
+    def __init__(self, failures: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.failures = failures
+        self.opened: list[str] = []
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        self.opened.append(Path(path).name)
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("the store hung up")
+        return super()._open(path, mode, **kwargs)
+
+
+def make_store(folder: Path, count: int, size: int = SIZE) -> list[FileEntry]:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k in range(count):
+        data = np.random.default_rng(k).bytes(size)
+        (folder / f"s{k:03d}.arrow").write_bytes(data)
+        entries.append(FileEntry(f"s{k:03d}.arrow", 1, size, hashlib.sha256(data).hexdigest()))
+    return entries
+
+
+def make_cache(tmp_path: Path, entries: list[FileEntry], limit: int, fs: Any = None, **kwargs: Any) -> ShardCache:
+    fs = fs or fsspec.filesystem("file")
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    shards = [RemoteShard(fs, str(tmp_path / "store" / e.path), cache / e.path, e, "store") for e in entries]
+    return ShardCache(shards, limit, **kwargs)
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".arrow", ".part"))
+
+
+class DiskWatcher:
+    """Samples a folder's shard bytes every millisecond; `peak` is the most seen."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.peak, self._stop = folder, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(FileNotFoundError):  # a file went between listing and stat
+                self.peak = max(self.peak, disk_bytes(self.folder))
+            time.sleep(0.001)
+
+    def __enter__(self) -> DiskWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def read_all(cache: ShardCache, accesses: list[tuple[int, ...]], held: int = 0) -> list[tuple[int, ...]]:
+    """Read items (shard tuples) through the cache, keeping `held` items out before releasing the oldest;
+    checks each item's shards are whole on disk when it is handed over."""
+    seen, out = [], []
+    items = iter(list(enumerate(accesses)))
+    for number, keys in cache.read(items, lambda item: item[1], lambda item: item[0]):
+        for key in keys:
+            path = cache._slots[key].shard.local
+            assert path.stat().st_size == SIZE, f"shard {key} not whole when item {number} was handed over"
+        seen.append(keys)
+        out.append(number)
+        if len(out) > held:
+            cache.release(out.pop(0))
+    for number in out:
+        cache.release(number)
+    return seen
+
+
+def cyclic(shards: int, rounds: int) -> list[tuple[int, ...]]:
+    return [(k,) for _ in range(rounds) for k in range(shards)]
+
+
+def test_every_item_is_read_in_order_with_its_shards_on_disk_and_the_disk_within_the_limit(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 20)
+    rng = np.random.default_rng(0)
+    accesses = [tuple(int(k) for k in rng.choice(20, size=3, replace=False)) for _ in range(200)]
+    cache = make_cache(tmp_path, entries, limit=8 * SIZE)
+    with DiskWatcher(tmp_path / "cache") as watcher:
+        seen = read_all(cache, accesses, held=1)
+    cache.close()
+    assert seen == accesses
+    assert 0 < watcher.peak <= 8 * SIZE
+    assert cache.stats().peak_bytes <= 8 * SIZE
+    assert cache.bytes_on_disk() == disk_bytes(tmp_path / "cache")
+
+
+def test_plan_eviction_fetches_as_few_as_belady_and_fewer_than_lru(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 10)
+    accesses = cyclic(10, 5)
+    fetches = {}
+    for policy in ("plan", "lru"):
+        for path in (tmp_path / "cache").glob("*"):
+            path.unlink()
+        cache = make_cache(tmp_path, entries, limit=4 * SIZE, policy=policy, max_transfers=1)
+        read_all(cache, accesses)
+        cache.close()
+        fetches[policy] = cache.stats().fetches
+    sizes = dict.fromkeys(range(10), SIZE)
+    # The item being read is held while the next is fetched: online, one shard of room is taken by it.
+    offline = simulate([a[0] for a in accesses], sizes, 3 * SIZE, "plan").fetches
+    assert offline == 40
+    assert fetches["plan"] <= offline
+    assert fetches["lru"] == 50 > fetches["plan"]  # a cycle longer than the cache: LRU misses every read
+
+
+def test_a_cache_that_holds_the_corpus_fetches_each_shard_once_over_many_epochs(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 10)
+    cache = make_cache(tmp_path, entries, limit=10 * SIZE)
+    read_all(cache, cyclic(10, 4))
+    cache.close()
+    stats = cache.stats()
+    assert stats.fetches == 10 and stats.fetched_bytes == 10 * SIZE
+    assert stats.hit_rate >= 0.75
+
+
+def test_a_shard_held_out_is_never_evicted(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 6)
+    cache = make_cache(tmp_path, entries, limit=3 * SIZE)
+    reader = cache.read(iter([(0, (0,)), (1, (1,)), (2, (2,)), (3, (3,)), (4, (4,))]), lambda i: i[1], lambda i: i[0])
+    first = next(reader)
+    for _ in range(3):
+        item = next(reader)
+        cache.release(item[0])
+    assert first == (0, (0,))
+    assert (tmp_path / "cache" / "s000.arrow").exists()  # still held: the others came and went around it
+    reader.close()
+    cache.close()
+
+
+def test_shards_left_by_an_earlier_run_are_used_without_fetching(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 4)
+    cache = make_cache(tmp_path, entries, limit=4 * SIZE)
+    read_all(cache, cyclic(4, 1))
+    cache.close()
+    (tmp_path / "cache" / "s003.arrow.part").write_bytes(b"half")
+    again = make_cache(tmp_path, entries, limit=4 * SIZE)
+    read_all(again, cyclic(4, 2))
+    again.close()
+    assert again.stats().fetches == 0
+    assert not (tmp_path / "cache" / "s003.arrow.part").exists()
+
+
+def test_a_store_that_fails_for_a_moment_is_retried(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 3)
+    fs = FlakyFileSystem(failures=2, skip_instance_cache=True)
+    cache = make_cache(tmp_path, entries, limit=3 * SIZE, fs=fs, retry_seconds=30)
+    assert read_all(cache, cyclic(3, 1)) == cyclic(3, 1)
+    cache.close()
+    assert cache.stats().fetches == 3
+
+
+def test_a_store_down_longer_than_the_retry_time_stops_the_reader_with_one_line(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 3)
+    fs = FlakyFileSystem(failures=10**6, skip_instance_cache=True)
+    cache = make_cache(tmp_path, entries, limit=3 * SIZE, fs=fs, retry_seconds=1.0)
+    expected = r"store/s00\d\.arrow: could not be fetched for 1 s \(ConnectionError"
+    with pytest.raises(CacheError, match=expected) as error:
+        read_all(cache, cyclic(3, 1))
+    assert "\n" not in str(error.value)
+    cache.close()
+
+
+def test_a_damaged_remote_shard_is_refused_by_name_after_two_fetches(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 3)
+    (tmp_path / "store" / "s001.arrow").write_bytes(b"x" * SIZE)
+    fs = FlakyFileSystem(skip_instance_cache=True)
+    cache = make_cache(tmp_path, entries, limit=3 * SIZE, fs=fs)
+    with pytest.raises(CacheError, match=r"store/s001\.arrow: sha256 .* after fetching it twice"):
+        read_all(cache, cyclic(3, 1))
+    cache.close()
+    assert fs.opened.count("s001.arrow") == 2
+    assert not (tmp_path / "cache" / "s001.arrow").exists()
+    assert not (tmp_path / "cache" / "s001.arrow.part").exists()
+
+
+def test_a_limit_below_what_the_reader_holds_is_refused_with_what_to_change(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 6)
+    cache = make_cache(tmp_path, entries, limit=2 * SIZE)
+    with pytest.raises(CacheError, match=r"hold \d+ bytes of shards, more than the limit .* raise --cache-limit"):
+        read_all(cache, [(0, 1, 2, 3), (4, 5)])
+    cache.close()
+
+
+def test_one_shard_over_the_limit_is_allowed_when_the_items_out_need_it(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 4)
+    cache = make_cache(tmp_path, entries, limit=2 * SIZE)
+    with DiskWatcher(tmp_path / "cache") as watcher:
+        read_all(cache, [(0, 1, 2), (3,)])
+    cache.close()
+    assert watcher.peak <= 3 * SIZE

@@ -1,0 +1,476 @@
+"""A bounded local cache of remote shards, filled ahead of the reader in the order a known plan will read them.
+
+The reader hands the cache its future: an iterator of items, each with the shards it reads. The cache walks
+that iterator ahead of the reader (about `limit_bytes` of distinct shards ahead) and fetches the shards in
+order of their next use, on a few threads. Room is made by evicting the cached shard whose next use lies
+farthest ahead (`plan`: Belady's rule, w2v.data.eviction) or, to compare, the one read least recently
+(`lru`); either way a shard is never evicted to fetch one needed later than it, and never while an item that
+reads it is out (pinned from the moment the reader takes the item until it `release`s it). Bytes are reserved
+before a transfer starts, so the files on disk never exceed the limit, except by one shard when the items
+out pin more than the limit holds (a larger need is refused with one line saying what to change).
+
+Each shard is downloaded to NAME.part, checked against the manifest's size and sha256 and renamed into place
+(w2v.data.staging.fetch_shard): nothing half-written is ever read. A transfer that fails is retried with
+backoff for `retry_seconds`, then the reader's next wait raises a one-line CacheError naming the shard.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from w2v.data.eviction import POLICIES
+from w2v.data.staging import VERIFIED_SUFFIX, fetch_shard
+from w2v.errors import ShardError, W2VError
+from w2v.shards.manifest import StoredFile
+
+logger = logging.getLogger("w2v.data")
+T = TypeVar("T")
+NEVER = float("inf")  # the next use of a shard the lookahead has not reached
+MAX_LOOKAHEAD_ITEMS = 1 << 14
+LOOKAHEAD_LIMITS = 4
+
+
+class CacheError(W2VError):
+    """The cache cannot go on: a shard that cannot be fetched, or a limit below what the reader holds."""
+
+
+@dataclass(frozen=True)
+class RemoteShard:
+    """One shard the cache may hold: where it is (an fsspec filesystem and path) and where it goes."""
+
+    fs: Any
+    remote: str
+    local: Path
+    entry: StoredFile  # its size and sha256
+    location: str  # the --shards location, for messages
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters since the cache started (subtract two to get an interval's)."""
+
+    accesses: int = 0  # shards asked for by items the reader took
+    hits: int = 0  # of those, already on disk when asked for
+    fetches: int = 0
+    fetched_bytes: int = 0
+    wait_seconds: float = 0.0  # the reader's time waiting for shards
+    peak_bytes: int = 0  # the most bytes reserved at once
+
+    def minus(self, earlier: CacheStats) -> CacheStats:
+        return CacheStats(
+            self.accesses - earlier.accesses,
+            self.hits - earlier.hits,
+            self.fetches - earlier.fetches,
+            self.fetched_bytes - earlier.fetched_bytes,
+            self.wait_seconds - earlier.wait_seconds,
+            self.peak_bytes,
+        )
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.accesses if self.accesses else 1.0
+
+
+@dataclass
+class _Slot:
+    shard: RemoteShard
+    state: str = "absent"  # absent | fetching | ready
+    pins: int = 0
+    last_read: int = -1  # the ordinal of the last item that read it (for lru)
+
+
+@dataclass
+class _Ahead(Generic[T]):
+    ordinal: int
+    item: T
+    keys: tuple[int, ...]
+
+
+@dataclass
+class _Session(Generic[T]):
+    """One reader's walk: the items taken ahead of it, and where each shard is next read among them."""
+
+    items: Iterator[T]
+    keys_of: Callable[[T], Sequence[int]]
+    ahead: deque[_Ahead[T]] = field(default_factory=deque)
+    uses: dict[int, deque[int]] = field(default_factory=dict)  # shard -> ordinals of the items ahead reading it
+    named_bytes: int = 0  # of the distinct shards the items ahead read
+    out: dict[Hashable, tuple[int, ...]] = field(default_factory=dict)  # taken, not yet released
+    exhausted: bool = False
+
+
+class ShardCache:
+    """Shards `shards` (numbered by position) brought to local disk within `limit_bytes`.
+
+    Where a shard is next needed and which shard to evict are kept in heaps whose entries are checked when
+    popped (a changed shard pushes a new entry), so each item taken costs O(shards it reads × log), not a
+    walk over the cache."""
+
+    def __init__(
+        self,
+        shards: Sequence[RemoteShard],
+        limit_bytes: int,
+        *,
+        policy: str = "plan",
+        max_transfers: int = 4,
+        retry_seconds: float = 300.0,
+    ) -> None:
+        if policy not in POLICIES:
+            raise W2VError(f"cache policy {policy!r}: expected one of {', '.join(POLICIES)}")
+        if limit_bytes <= 0:
+            raise CacheError(f"cache limit {limit_bytes} bytes: must be positive")
+        self.limit_bytes = limit_bytes
+        self.policy = policy
+        self.retry_seconds = retry_seconds
+        self._slots = [_Slot(s) for s in shards]
+        self._largest = max((s.entry.bytes for s in shards), default=0)
+        self._lock = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_transfers, thread_name_prefix="w2v-shard-fetch")
+        self._max_transfers = max_transfers
+        self._transfers = 0
+        self._sessions: list[_Session[Any]] = []
+        self._ordinals = itertools.count()
+        self._wanted: list[tuple[float, int]] = []  # (next use, shard) of absent shards
+        self._victims: list[tuple[float, float, int, float, int]] = []  # (priority..., shard, next use, last read)
+        self._used = 0
+        self._error: CacheError | None = None
+        self._counts = {"accesses": 0, "hits": 0, "fetches": 0, "fetched_bytes": 0, "peak_bytes": 0}
+        self._wait_seconds = 0.0
+        self._adopt_local_files()
+        for key in range(len(self._slots)):
+            self._touch(key)
+
+    # The reader's side.
+
+    def read(
+        self, items: Iterator[T], keys_of: Callable[[T], Sequence[int]], id_of: Callable[[T], Hashable]
+    ) -> Iterator[T]:
+        """`items`, each yielded once every shard it reads (`keys_of`) is on disk; they stay there until
+        `release(id_of(item))`. Closing the iterator releases what it took and not yet released."""
+        session: _Session[T] = _Session(items, keys_of)
+        with self._lock:
+            self._sessions.append(session)
+        try:
+            while True:
+                taken = self._take(session)
+                if taken is None:
+                    return
+                session.out[id_of(taken.item)] = taken.keys
+                yield taken.item
+        finally:
+            with self._lock:
+                for keys in session.out.values():
+                    self._unpin(keys)
+                session.out.clear()
+                self._sessions.remove(session)
+                for key in session.uses:
+                    self._touch(key)
+                self._schedule()
+
+    def release(self, item_id: Hashable) -> None:
+        """The reader is done with an item it took: its shards may be evicted again."""
+        with self._lock:
+            for session in self._sessions:
+                keys = session.out.pop(item_id, None)
+                if keys is not None:
+                    self._unpin(keys)
+                    self._schedule()
+                    return
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            c = self._counts
+            return CacheStats(c["accesses"], c["hits"], c["fetches"], c["fetched_bytes"], self._wait_seconds,
+                              c["peak_bytes"])  # fmt: skip
+
+    def bytes_on_disk(self) -> int:
+        """The bytes reserved for shards on disk or arriving (what the limit bounds)."""
+        with self._lock:
+            return self._used
+
+    def close(self) -> None:
+        """Stop fetching (transfers under way finish); a reader still waiting gets a CacheError."""
+        with self._lock:
+            self._error = self._error or CacheError("the shard cache was closed")
+            self._lock.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _take(self, session: _Session[T]) -> _Ahead[T] | None:
+        """The session's next item, once its shards are on disk (pinned); None when the items end."""
+        started = time.perf_counter()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            self._extend(session)
+            if not session.ahead:
+                return None
+            taken = session.ahead.popleft()
+            self._pin(taken.keys)
+            for key in taken.keys:
+                uses = session.uses[key]
+                uses.popleft()
+                if not uses:
+                    del session.uses[key]
+                    session.named_bytes -= self._slots[key].shard.entry.bytes
+                self._slots[key].last_read = taken.ordinal
+                self._touch(key)
+            self._counts["accesses"] += len(taken.keys)
+            self._counts["hits"] += sum(self._slots[k].state == "ready" for k in taken.keys)
+            while True:
+                if self._error is not None:
+                    self._unpin(taken.keys)
+                    raise self._error
+                if all(self._slots[k].state == "ready" for k in taken.keys):
+                    break
+                self._demand(taken)
+                self._schedule()
+                self._lock.wait(timeout=1.0)
+            self._schedule()
+            self._wait_seconds += time.perf_counter() - started
+            return taken
+
+    # Scheduling (every method below runs under the lock).
+
+    def _extend(self, session: _Session[Any]) -> None:
+        """Walk the session's items ahead until they name LOOKAHEAD_LIMITS × the limit of distinct shards, every
+        shard, or MAX_LOOKAHEAD_ITEMS items. Belady's rule needs to see past what fits: a cached shard whose
+        next use lies beyond the lookahead looks like one never used again (ties go to the least recent)."""
+        while (
+            not session.exhausted
+            and session.named_bytes < LOOKAHEAD_LIMITS * self.limit_bytes
+            and len(session.uses) < len(self._slots)
+            and len(session.ahead) < MAX_LOOKAHEAD_ITEMS
+        ):
+            item = next(session.items, None)
+            if item is None:
+                session.exhausted = True
+                return
+            ordinal = next(self._ordinals)
+            keys = tuple(sorted({int(k) for k in session.keys_of(item)}))
+            session.ahead.append(_Ahead(ordinal, item, keys))
+            for key in keys:
+                uses = session.uses.get(key)
+                if uses is None:
+                    session.uses[key] = deque([ordinal])
+                    session.named_bytes += self._slots[key].shard.entry.bytes
+                    self._touch(key)
+                else:
+                    uses.append(ordinal)
+
+    def _next_use(self, key: int) -> float:
+        return min((s.uses[key][0] for s in self._sessions if key in s.uses), default=NEVER)
+
+    def _touch(self, key: int) -> None:
+        """Push `key`'s current standing into the heaps (entries it had before go stale)."""
+        slot = self._slots[key]
+        use = self._next_use(key)
+        if slot.state == "absent" and use < NEVER:
+            heapq.heappush(self._wanted, (use, key))
+        elif slot.state == "ready" and slot.pins == 0:
+            priority = (-use, slot.last_read) if self.policy == "plan" else (slot.last_read, 0.0)
+            heapq.heappush(self._victims, (*priority, key, use, slot.last_read))
+        if len(self._wanted) + len(self._victims) > 8 * len(self._slots) + 1024:
+            self._rebuild_heaps()
+
+    def _rebuild_heaps(self) -> None:
+        self._wanted, self._victims = [], []
+        uses = {k: self._next_use(k) for k in range(len(self._slots))}
+        for key, slot in enumerate(self._slots):
+            if slot.state == "absent" and uses[key] < NEVER:
+                self._wanted.append((uses[key], key))
+            elif slot.state == "ready" and slot.pins == 0:
+                priority = (-uses[key], slot.last_read) if self.policy == "plan" else (slot.last_read, 0.0)
+                self._victims.append((*priority, key, uses[key], slot.last_read))
+        heapq.heapify(self._wanted)
+        heapq.heapify(self._victims)
+
+    def _schedule(self) -> None:
+        """Start transfers for the shards needed soonest that are not on disk, while room can be made."""
+        if self._error is not None:
+            return
+        for session in self._sessions:
+            self._extend(session)
+        while self._transfers < self._max_transfers and self._wanted:
+            use, key = self._wanted[0]
+            if self._slots[key].state != "absent" or self._next_use(key) != use:
+                heapq.heappop(self._wanted)  # stale
+                continue
+            if not self._make_room(key, use):
+                return
+            heapq.heappop(self._wanted)
+            self._start(key)
+
+    def _demand(self, taken: _Ahead[Any]) -> None:
+        """The reader waits on `taken`: fetch its missing shards first. When none is on the way and no room
+        can be made within the limit, take one shard over it, or refuse when even that cannot hold the items
+        the reader has out."""
+        missing = [k for k in taken.keys if self._slots[k].state == "absent"]
+        started = 0
+        for key in missing:
+            if not self._make_room(key, taken.ordinal):
+                break
+            self._start(key)
+            started += 1
+        if started or not missing or self._transfers:
+            return
+        key = missing[0]
+        if self._used + self._slots[key].shard.entry.bytes <= self.limit_bytes + self._largest:
+            self._start(key)
+            return
+        pinned = sum(slot.shard.entry.bytes for slot in self._slots if slot.pins)
+        self._error = CacheError(
+            f"shard cache: the batches being read hold {pinned} bytes of shards, more than the limit of "
+            f"{self.limit_bytes} bytes; raise --cache-limit, or lower batch.shuffle_window_shards or the "
+            "loader's workers or prefetch_batches"
+        )
+        self._lock.notify_all()
+
+    def _make_room(self, key: int, needed_at: float) -> bool:
+        """Evict shards (not pinned, on disk, next needed after `needed_at`) until `key` fits."""
+        size = self._slots[key].shard.entry.bytes
+        set_aside: list[tuple[float, float, int, float, int]] = []
+        try:
+            while self._used + size > self.limit_bytes:
+                victim = self._pop_victim(needed_at, set_aside)
+                if victim is None:
+                    return False
+                self._evict(victim)
+            return True
+        finally:
+            for entry in set_aside:
+                heapq.heappush(self._victims, entry)
+
+    def _pop_victim(self, needed_at: float, set_aside: list[tuple[float, float, int, float, int]]) -> int | None:
+        """The shard to evict: used farthest ahead (plan) or least recently (lru), among those needed after
+        `needed_at`; entries of shards needed sooner go to `set_aside` (lru) to be pushed back."""
+        while self._victims:
+            entry = self._victims[0]
+            key, use, last_read = entry[2], entry[3], entry[4]
+            slot = self._slots[key]
+            if slot.state != "ready" or slot.pins or slot.last_read != last_read or self._next_use(key) != use:
+                heapq.heappop(self._victims)  # stale
+                continue
+            if use <= needed_at:
+                if self.policy == "plan":
+                    return None  # the farthest is needed sooner: so is every other
+                set_aside.append(heapq.heappop(self._victims))
+                continue
+            heapq.heappop(self._victims)
+            return key
+        return None
+
+    def _evict(self, key: int) -> None:
+        slot = self._slots[key]
+        slot.shard.local.unlink(missing_ok=True)
+        slot.shard.local.with_name(slot.shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+        slot.state = "absent"
+        self._used -= slot.shard.entry.bytes
+        self._touch(key)
+
+    def _start(self, key: int) -> None:
+        slot = self._slots[key]
+        slot.state = "fetching"
+        self._transfers += 1
+        self._used += slot.shard.entry.bytes
+        self._counts["peak_bytes"] = max(self._counts["peak_bytes"], self._used)
+        self._pool.submit(self._transfer, key)
+
+    def _pin(self, keys: Sequence[int]) -> None:
+        for key in keys:
+            self._slots[key].pins += 1
+
+    def _unpin(self, keys: Sequence[int]) -> None:
+        for key in keys:
+            self._slots[key].pins -= 1
+            if self._slots[key].pins == 0:
+                self._touch(key)
+
+    # The transfer threads.
+
+    def _transfer(self, key: int) -> None:
+        shard = self._slots[key].shard
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                fetched = fetch_shard(shard.fs, shard.remote, shard.local, shard.entry, shard.location)
+                break
+            except ShardError as error:  # damaged in the store: it was fetched twice already
+                return self._failed(key, CacheError(str(error)))
+            except OSError as error:
+                if _local_problem(error, shard.local):  # a full disk is not the store's fault: no retry
+                    return self._failed(key, CacheError(f"{shard.local}: cannot be written ({error})"))
+                if time.monotonic() + delay > deadline:
+                    message = (
+                        f"{shard.location}/{shard.entry.path}: could not be fetched for {self.retry_seconds:.0f} s "
+                        f"({type(error).__name__}: {error})"
+                    )
+                    return self._failed(key, CacheError(message))
+                logger.warning("%s/%s: %s; trying again in %.1f s", shard.location, shard.entry.path, error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except Exception as error:  # whatever the store raised, the reader must hear of it
+                message = f"{shard.location}/{shard.entry.path}: {type(error).__name__}: {error}"
+                return self._failed(key, CacheError(message))
+        with self._lock:
+            self._transfers -= 1
+            self._slots[key].state = "ready"
+            self._counts["fetches"] += 1
+            self._counts["fetched_bytes"] += fetched
+            self._touch(key)
+            self._schedule()
+            self._lock.notify_all()
+
+    def _failed(self, key: int, error: CacheError) -> None:
+        with self._lock:
+            self._transfers -= 1
+            slot = self._slots[key]
+            slot.state = "absent"
+            self._used -= slot.shard.entry.bytes
+            self._error = self._error or error
+            self._lock.notify_all()
+
+    def _adopt_local_files(self) -> None:
+        """Shards a run before this one left checked in the folder count as cached (up to the limit);
+        parts of interrupted transfers are removed (their bytes were never reserved)."""
+        for slot in self._slots:
+            local = slot.shard.local
+            local.with_name(local.name + ".part").unlink(missing_ok=True)
+            marker = local.with_name(local.name + VERIFIED_SUFFIX)
+            if not local.exists():
+                marker.unlink(missing_ok=True)
+                continue
+            fits = self._used + slot.shard.entry.bytes <= self.limit_bytes
+            if fits and _marked(local, marker, slot.shard.entry):
+                slot.state = "ready"
+                self._used += slot.shard.entry.bytes
+            else:
+                local.unlink()
+                marker.unlink(missing_ok=True)
+
+
+def _marked(local: Path, marker: Path, entry: StoredFile) -> bool:
+    try:
+        return local.stat().st_size == entry.bytes and marker.read_text().strip() == entry.sha256
+    except OSError:
+        return False
+
+
+def _local_problem(error: OSError, local: Path) -> bool:
+    """Whether `error` is about the local disk (full, read-only, permissions) rather than the store."""
+    import errno
+
+    return error.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) or (
+        error.errno == errno.EACCES and not os.access(local.parent, os.W_OK)
+    )
