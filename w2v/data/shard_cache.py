@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +155,7 @@ class ShardCache:
 
     def read(
         self, items: Iterator[T], keys_of: Callable[[T], Sequence[int]], id_of: Callable[[T], Hashable]
-    ) -> Iterator[T]:
+    ) -> Generator[T, None, None]:
         """`items`, each yielded once every shard it reads (`keys_of`) is on disk; they stay there until
         `release(id_of(item))`. Closing the iterator releases what it took and not yet released."""
         session: _Session[T] = _Session(items, keys_of)
