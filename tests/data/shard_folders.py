@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from w2v.audio import mean_std
+from w2v.shards.index import shard_index, write_index_files
 from w2v.shards.manifest import Manifest, ShardEntry, SourceEntry, write_manifest
 from w2v.shards.sources import sources_file_name, write_sources
 from w2v.shards.table import Utterance, utterance_table, write_stream_atomic
@@ -42,10 +43,11 @@ def write_shard_folder(
     rows_per_shard: int = 50,
     labels: Callable[[int], Labels] | None = None,
     audio_of: Callable[[int, int], np.ndarray] = samples_of,
+    indexed: bool = False,
 ) -> Path:
     """Utterances of these lengths (in samples) in shards of `rows_per_shard`, with a manifest; `labels(k)`
     gives utterance k's text, speaker and label columns (none when not given), `audio_of(k, length)` its int16
-    samples (by default the ones that say who they are)."""
+    samples (by default the ones that say who they are); `indexed` adds the training index prepare writes."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for number, start in enumerate(range(0, len(lengths), rows_per_shard)):
@@ -75,6 +77,8 @@ def write_shard_folder(
         for k, n in enumerate(lengths)
     }
     table = write_sources(folder, sources_file_name(1), list(sources.values()))
-    manifest = Manifest(sample_rate=RATE, generation=1, shards=tuple(entries), sources=sources, source_tables=(table,))
+    index = write_index_files(folder, 1, [shard_index(folder, e.path) for e in entries]) if indexed else ()
+    manifest = Manifest(sample_rate=RATE, generation=1, shards=tuple(entries), index=index, sources=sources,
+                        source_tables=(table,))  # fmt: skip
     write_manifest(folder, manifest)
     return folder

@@ -35,11 +35,12 @@ class _OpenShard:
 class ShardCorpus:
     """One prepared shard folder. Utterance i is row `row[i]` of shard `shard[i]`, in manifest order."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, shards_dir: Path | None = None) -> None:
+        """`shards_dir`: where the shards are, when not beside the manifest (a streaming cache's)."""
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
         self.sample_rate = manifest.sample_rate
-        self.paths = [self.folder / entry.path for entry in manifest.shards]
+        self.paths = [(shards_dir or self.folder) / entry.path for entry in manifest.shards]
         if not self.paths:
             raise ManifestError(f"{self.folder}: the manifest lists no shards; run w2v prepare on some audio first")
         index = utterance_index(self.folder, [entry.path for entry in manifest.shards], manifest.index)
@@ -58,13 +59,38 @@ class ShardCorpus:
         self.source_position = index.source_position
         self._open: dict[int, _OpenShard] = {}
         self._pid = os.getpid()
+        # Audio copied into memory (`loaded`): all samples, and each utterance's start and end in them.
+        self._memory: np.ndarray | None = None
+        self._memory_start: np.ndarray | None = None
+        self._memory_end: np.ndarray | None = None
 
     def subset(self, indices: np.ndarray) -> ShardCorpus:
         """The same shards, holding only utterances `indices` (renumbered from 0)."""
         part = copy.copy(self)
         for name in ("num_samples", "mean", "std", "shard", "batch", "row", "source_position"):
             setattr(part, name, getattr(self, name)[indices])
+        if self._memory_start is not None and self._memory_end is not None:
+            part._memory_start, part._memory_end = self._memory_start[indices], self._memory_end[indices]
+        part._open = {}
         return part
+
+    def in_memory(self, indices: np.ndarray, memory: np.ndarray, ends: np.ndarray) -> ShardCorpus:
+        """A subset of utterances `indices` whose audio is `memory` (int16): utterance k of the subset is
+        memory[ends[k-1]:ends[k]]. It reads no shard, so its shards may go (a streaming cache's)."""
+        part = self.subset(indices)
+        ends = np.asarray(ends, dtype=np.int64)
+        if len(ends) != len(indices) or (len(ends) and int(ends[-1]) != memory.size):
+            raise W2VError(f"{self.folder}: {len(indices)} utterances do not match {len(ends)} ends in memory")
+        starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+        if not np.array_equal(ends - starts, part.num_samples):
+            raise W2VError(f"{self.folder}: the audio in memory differs in length from the index")
+        part._memory, part._memory_start, part._memory_end = memory, starts, ends
+        return part
+
+    def close_shards(self) -> None:
+        """Drop this process' maps of the shards (the next read maps them again): a shard evicted from a cache
+        frees its disk once nothing maps it."""
+        self._open = {}
 
     def __len__(self) -> int:
         return int(self.num_samples.size)
@@ -75,6 +101,8 @@ class ShardCorpus:
 
     def audio(self, index: int) -> np.ndarray:
         """Utterance `index` as int16 samples: a view into the shard's memory map (do not write to it)."""
+        if self._memory is not None and self._memory_start is not None and self._memory_end is not None:
+            return self._memory[self._memory_start[index] : self._memory_end[index]]
         shard = self._shard(int(self.shard[index]))
         batch, row = int(self.batch[index]), int(self.row[index])
         offsets = shard.offsets[batch]

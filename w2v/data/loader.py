@@ -9,7 +9,7 @@ on the training device (w2v.ssl.masking), where they cost least.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,6 +20,7 @@ from w2v.data.collate import Batch, collate
 from w2v.data.corpus import ShardCorpus
 from w2v.data.plan import BatchConfig
 from w2v.data.stream import BatchStream, StreamState, WorkItem
+from w2v.data.streaming import CorpusCache
 from w2v.errors import W2VError
 
 logger = logging.getLogger("w2v.data")
@@ -35,17 +36,22 @@ class LoaderConfig:
 
 
 class PlannedBatches(Dataset[Batch]):
-    """A map-style dataset whose keys are WorkItems: reading one collates that micro-batch."""
+    """A map-style dataset whose keys are WorkItems: reading one collates that micro-batch. With
+    `close_shards`, the shards it mapped are let go after each (a streaming cache evicts them)."""
 
-    def __init__(self, corpora: Sequence[ShardCorpus], config: BatchConfig, seed: int) -> None:
+    def __init__(self, corpora: Sequence[ShardCorpus], config: BatchConfig, seed: int, close_shards: bool = False):
         self.corpora = list(corpora)
         self.config = config
         self.seed = seed
+        self.close_shards = close_shards
 
     def __getitem__(self, item: WorkItem) -> Batch:
         # Crop windows depend on (seed, position) only: a resumed run reads the same audio.
         key = [self.seed, item.position] if item.pieces == 1 else [self.seed, item.position, item.piece]
-        batch = collate(self.corpora[item.corpus], item.indices, self.config, np.random.default_rng(key))
+        corpus = self.corpora[item.corpus]
+        batch = collate(corpus, item.indices, self.config, np.random.default_rng(key))
+        if self.close_shards:
+            corpus.close_shards()
         return replace(
             batch,
             position=item.position,
@@ -78,6 +84,31 @@ class _Items:
             yield from item.split(self.split)
 
 
+class _CachedItems:
+    """WorkItems handed out once the shards they read are in the streaming cache (pinned until released)."""
+
+    def __init__(self, items: _Items, corpora: Sequence[ShardCorpus], cache: CorpusCache) -> None:
+        self.items, self.corpora, self.cache = items, corpora, cache
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        def keys(item: WorkItem) -> list[int]:
+            return self.cache.keys(self.corpora[item.corpus], item.corpus, item.indices).tolist()
+
+        return self.cache.cache.read(iter(self.items), keys, lambda item: (item.position, item.piece))
+
+
+class _Releasing:
+    """The loader's batches; each one received lets the cache evict the shards it was read from."""
+
+    def __init__(self, loader: DataLoader[Batch], cache: CorpusCache) -> None:
+        self.loader, self.cache = loader, cache
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            self.cache.release(batch)
+            yield batch
+
+
 def check_sample_rates(corpora: Sequence[ShardCorpus], config: BatchConfig) -> None:
     for corpus in corpora:
         if corpus.sample_rate != config.sample_rate:
@@ -106,8 +137,10 @@ def make_loader(
     max_batches: int | None = None,
     loader: LoaderConfig = LoaderConfig(),
     split: int = 1,
-) -> DataLoader[Batch]:
+    cache: CorpusCache | None = None,
+) -> Iterable[Batch]:
     """Batches for `rank` of `world_size`, from `state` (a checkpoint's) or the start, `max_batches` of them.
+    With `cache`, the shards of streamed corpora are brought in as the plan reaches them.
 
     `split` > 1 reads each planned micro-batch as that many pieces of consecutive rows (the out-of-memory
     guard's smaller micro-batches: the same utterances per update, in more, smaller forward passes)."""
@@ -118,12 +151,14 @@ def make_loader(
     start = stream.initial_state() if state is None else _adopt(stream, state, rank)
     pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
     workers = loader.num_workers
-    return DataLoader(
-        PlannedBatches(corpora, config, seed),
+    items = _Items(stream, rank, world_size, start, max_batches, split)
+    batches: DataLoader[Batch] = DataLoader(
+        PlannedBatches(corpora, config, seed, close_shards=cache is not None),
         batch_size=None,
-        sampler=_Items(stream, rank, world_size, start, max_batches, split),
+        sampler=items if cache is None else _CachedItems(items, corpora, cache),
         num_workers=workers,
         prefetch_factor=loader.prefetch_batches if workers > 0 else None,
         persistent_workers=False,
         pin_memory=pin,
     )
+    return batches if cache is None else _Releasing(batches, cache)

@@ -1,6 +1,7 @@
 """`--shards LOCATION[:WEIGHT]` arguments: which shard folders training mixes, and in what proportion.
 
-LOCATION is a shard folder or its manifest.json, local or at an fsspec URL (staged into a local cache).
+LOCATION is a shard folder or its manifest.json, local or at an fsspec URL (staged into a local cache, or
+streamed through a bounded one: w2v.data.streaming).
 WEIGHT is the share of micro-batches drawn from it (normalized over all --shards; default 1). Micro-batches
 hold about the same audio under the duration budget, so this is also about the share of audio.
 """
@@ -14,8 +15,10 @@ from typing import Any
 
 from w2v.data.corpus import ShardCorpus
 from w2v.data.staging import stage_shards
+from w2v.data.streaming import CorpusCache, StreamedFolder, StreamingOptions, make_cache, open_streamed
 from w2v.errors import W2VError
 from w2v.shards.manifest import MANIFEST_NAME
+from w2v.storage import is_url
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,39 @@ def open_corpora(
     parsed = [parse_shards_arg(a) for a in args]
     folders = [stage_shards(p.location, cache_dir, storage_options, verify=verify).folder for p in parsed]
     return [ShardCorpus(folder) for folder in folders], [p.weight for p in parsed]
+
+
+@dataclass
+class OpenedCorpora:
+    corpora: list[ShardCorpus]
+    weights: list[float]
+    cache: CorpusCache | None  # the streamed corpora's shards (None: every corpus is local)
+
+
+def open_streaming_corpora(
+    args: Sequence[str],
+    cache_dir: Path,
+    options: StreamingOptions,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    verify: bool = True,
+    local_rank: int = 0,
+    local_ranks: int = 1,
+) -> OpenedCorpora:
+    """Open every --shards argument: a URL is streamed through one cache of `options.limit` (its shards are
+    checked as they arrive), a local folder checked (unless `verify` is False) and read in place."""
+    if not args:
+        raise W2VError("no --shards given: name at least one folder w2v prepare wrote")
+    parsed = [parse_shards_arg(a) for a in args]
+    folders: list[StreamedFolder | None] = []
+    corpora = []
+    for arg in parsed:
+        if is_url(arg.location):
+            streamed = open_streamed(arg.location, cache_dir, storage_options, local_rank=local_rank)
+            folders.append(streamed)
+            corpora.append(ShardCorpus(streamed.folder, streamed.shards_dir))
+        else:
+            folders.append(None)
+            corpora.append(ShardCorpus(stage_shards(arg.location, cache_dir, verify=verify).folder))
+    cache = make_cache(folders, options, local_ranks) if any(f is not None for f in folders) else None
+    return OpenedCorpora(corpora, [p.weight for p in parsed], cache)

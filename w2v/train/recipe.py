@@ -9,10 +9,12 @@ health warnings, and validation on held-out recordings with early stopping.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from accelerate.utils import set_seed
 from w2v.data.collate import Batch
 from w2v.data.corpus import ShardCorpus, split_held_out
 from w2v.data.loader import LoaderConfig, make_loader
-from w2v.data.mixture import open_corpora
+from w2v.data.mixture import open_corpora, open_streaming_corpora
 from w2v.data.stream import StreamState
+from w2v.data.streaming import STREAM_REMOTE_SHARDS, CorpusCache, StreamingOptions, load_held_out
 from w2v.run.harness import (
     OnStep,
     Run,
@@ -64,6 +67,7 @@ class _Data:
     train: list[ShardCorpus]
     weights: list[float]
     held_out: list[ShardCorpus]
+    cache: CorpusCache | None = None  # streamed corpora's shards
 
 
 def pretrain(
@@ -79,24 +83,28 @@ def pretrain(
     on_step: OnStep | None = None,
     verify_shards: bool = True,
     mirror: MirrorConfig | None = None,
+    streaming: StreamingOptions | None = STREAM_REMOTE_SHARDS,
 ) -> PretrainResult:
     """Train (or go on training) into `run_dir`; `on_step` hears of each update on the main process (the
     command line draws its progress bar with it). Every shard is checked against its
     manifest before step 1 (`verify_shards=False` skips it: fast and unsafe). With `mirror`, every
     checkpoint also goes to a bucket as it is written, and `resume="auto"` also looks there. Raises W2VError
-    when the run diverges past its rollbacks, a single utterance does not fit in memory, or the mirror fails."""
+    when the run diverges past its rollbacks, a single utterance does not fit in memory, or the mirror fails.
+    Shards at a URL are streamed through a cache in `cache_dir` bounded by `streaming.limit` (None: staged
+    whole before step 1)."""
     started, run_dir = time.monotonic(), Path(run_dir)
     if accelerator is None:
         layerdrop = float(model_config(config.model, config.masking).layerdrop)
         accelerator = make_accelerator(config.mixed_precision, unused_parameters=layerdrop > 0)
     with deterministic_algorithms(config.deterministic):
         model, optimizer, scheduler = _build(config, accelerator)
-        with accelerator.main_process_first():  # one rank per node stages remote shards
-            data = _open_data(config, shards, cache_dir or run_dir / "shard-cache", storage_options, verify_shards)
+        with accelerator.main_process_first():  # one rank per node stages remote shards or fetches metadata
+            data = _open_data(config, shards, cache_dir or run_dir / "shard-cache", storage_options, verify_shards,
+                              streaming, accelerator)  # fmt: skip
         spec = RunSpec(run_dir, config.to_dict(), config.batch.sample_rate, config.keep_last, config.guards,
                        config.optim.lr, LR_REMEDY, mirror=mirror)  # fmt: skip
         run = Run(accelerator, spec)
-        with run.finishing():  # closed at the end; after an error, the last upload may finish
+        with run.finishing(), _closing(data.cache):  # closed at the end; after an error, the last upload may finish
             state, loader_state, _ = run.resume(resume)
             open_at = functools.partial(_open_batches, config, data, accelerator, loader or LoaderConfig())
             batches = StepBatches(open_at, loader_state, state.micro_batch_split)
@@ -119,6 +127,7 @@ def pretrain(
                 record: dict[str, Any] = {}
                 if due(state.step, config.log_every, config.max_steps):
                     record = log_record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
+                    record |= data.cache.interval_record() if data.cache is not None else {}
                     record["warnings"] = record_warnings(record, state, accelerator.unwrap_model(model).config, config)
                     state = with_lowest_loss(state, record["contrastive_loss"])
                     run.log(record)
@@ -152,17 +161,48 @@ def _build(config: TrainConfig, accelerator: Accelerator) -> tuple[Any, Any, Any
 
 
 def _open_data(config: TrainConfig, shards: list[str], cache: Path, storage_options: dict[str, Any] | None,
-               verify: bool) -> _Data:  # fmt: skip
-    """The corpora (checked against their manifests), their mixing weights, and the held-out recordings."""
-    corpora, weights = open_corpora(shards, cache, storage_options, verify=verify)
-    splits = [split_held_out(corpus, config.val_share) for corpus in corpora]
-    return _Data([train for train, _ in splits], weights, [held for _, held in splits if held is not None])
+               verify: bool, streaming: StreamingOptions | None, accelerator: Accelerator) -> _Data:  # fmt: skip
+    """The corpora (checked against their manifests), their mixing weights, and the held-out recordings; a
+    streamed corpus' held-out recordings that validation reads are copied into memory once."""
+    if streaming is None:
+        corpora, weights = open_corpora(shards, cache, storage_options, verify=verify)
+        splits = [split_held_out(corpus, config.val_share) for corpus in corpora]
+        return _Data([train for train, _ in splits], weights, [held for _, held in splits if held is not None])
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    opened = open_streaming_corpora(shards, cache, streaming, storage_options, verify=verify,
+                                    local_rank=accelerator.local_process_index, local_ranks=local_ranks)  # fmt: skip
+    splits = [split_held_out(corpus, config.val_share) for corpus in opened.corpora]
+    held_out = [held for _, held in splits if held is not None]
+    if opened.cache is not None:
+        budget = _validation_seconds(config)
+        held_out = [load_held_out(held, k, opened.cache, budget, config.seed) for k, (_, held) in enumerate(splits)
+                    if held is not None]  # fmt: skip
+    return _Data([train for train, _ in splits], opened.weights, held_out, opened.cache)
+
+
+def _validation_seconds(config: TrainConfig) -> float | None:
+    """About the audio validation reads: max_val_batches full micro-batches (None: no bound)."""
+    if config.max_val_batches is None:
+        return None
+    batch = config.batch
+    per_batch = batch.max_batch_seconds or (batch.max_batch_samples or 0) / batch.sample_rate
+    return config.max_val_batches * per_batch
+
+
+@contextlib.contextmanager
+def _closing(cache: CorpusCache | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def _open_batches(config: TrainConfig, data: _Data, accelerator: Accelerator, loader: LoaderConfig,
                   state: StreamState | None, split: int) -> Iterable[Batch]:  # fmt: skip
     return make_loader(data.train, config.batch, config.seed, weights=data.weights, rank=accelerator.process_index,
-                       world_size=accelerator.num_processes, state=state, loader=loader, split=split)  # fmt: skip
+                       world_size=accelerator.num_processes, state=state, loader=loader, split=split,
+                       cache=data.cache)  # fmt: skip
 
 
 def _set_temperature(accelerator: Accelerator, model: Any, config: TrainConfig, step: int) -> float:

@@ -1,0 +1,240 @@
+"""Corpora read from an fsspec URL through a bounded local cache instead of a whole local copy.
+
+Opening a URL fetches only what the planner needs (the manifest, its shard list files and the training
+index: a few bytes per utterance), each checked against the manifest, into CACHE/<hash of the URL>/; the
+shards themselves come later, as the batch plan asks for them, into that folder's `shards-rN` (one per
+rank of the node: each rank holds its own share of the limit). The manifest is written last, so a folder
+with a manifest holds complete metadata.
+
+`--cache-limit` is bytes (`500G`, `2.5TB`, `800000000`) or a share of the free disk (`10%`); the default,
+`auto`, takes half the free disk, or all the corpus when that is less: a corpus that fits is fetched once
+and read locally from then on, one that does not streams in the plan's order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from w2v.atomic import write_text_atomic
+from w2v.data.collate import Batch
+from w2v.data.corpus import ShardCorpus
+from w2v.data.integrity import exclusive
+from w2v.data.shard_cache import CacheStats, RemoteShard, ShardCache
+from w2v.data.staging import fetch_shard
+from w2v.errors import ShardError, W2VError
+from w2v.shards.location import Location
+from w2v.shards.manifest import MANIFEST_NAME, StoredFile, manifest_from_json
+
+DEFAULT_CACHE_LIMIT = "auto"
+AUTO_SHARE_OF_FREE_DISK = 0.5
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CacheLimit:
+    """A cache size: `bytes`, or `share` of the free disk, or (neither) auto."""
+
+    bytes: int | None = None
+    share: float | None = None
+
+    def resolve(self, free_bytes: int, corpus_bytes: int) -> int:
+        """The limit in bytes, given the disk's free bytes and the corpus' shard bytes."""
+        if self.bytes is not None:
+            return self.bytes
+        if self.share is not None:
+            return int(self.share * free_bytes)
+        return min(corpus_bytes, int(AUTO_SHARE_OF_FREE_DISK * free_bytes))
+
+
+def parse_cache_limit(text: str) -> CacheLimit:
+    """'auto', '10%', '500G', '2.5TB', '1GiB' or a number of bytes; anything else raises W2VError."""
+    value = text.strip().upper()
+    if value == "AUTO":
+        return CacheLimit()
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", value):
+        share = float(match.group(1)) / 100
+        if not 0 < share <= 1:
+            raise W2VError(f"--cache-limit {text}: a share of the free disk must be in (0%, 100%]")
+        return CacheLimit(share=share)
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]I?B?|B)?", value):
+        limit = int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+        if limit <= 0:
+            raise W2VError(f"--cache-limit {text}: must be more than 0 bytes")
+        return CacheLimit(bytes=limit)
+    raise W2VError(f"--cache-limit {text}: expected bytes (500G, 2.5TB, 800000000), a share (10%) or auto")
+
+
+@dataclass(frozen=True)
+class StreamedFolder:
+    """A remote shard folder's metadata, local: `folder` opens as a ShardCorpus whose shards live in `shards`
+    (present only while cached)."""
+
+    location: str
+    folder: Path
+    shards_dir: Path
+    remote: tuple[RemoteShard, ...]
+
+    @property
+    def shard_bytes(self) -> int:
+        return sum(shard.entry.bytes for shard in self.remote)
+
+
+def open_streamed(
+    location: str, cache_dir: Path, storage_options: dict[str, Any] | None = None, *, local_rank: int = 0
+) -> StreamedFolder:
+    """Fetch (or find) the metadata of the shard folder at URL `location` into the cache; no shard is fetched.
+    Raises ShardError when the URL holds no manifest or a metadata file differs from it."""
+    fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    root = root.rstrip("/")
+    folder = Path(cache_dir) / hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / ".metadata.lock"):
+        try:
+            text = fs.cat_file(f"{root}/{MANIFEST_NAME}").decode()
+        except FileNotFoundError:
+            raise ShardError(
+                f"{location}: no {MANIFEST_NAME} there; point --shards at a folder w2v prepare wrote"
+            ) from None
+        manifest = manifest_from_json(json.loads(text), location, Location.of(location, storage_options))
+        metadata: list[StoredFile] = [*manifest.shard_tables, *manifest.index]
+        for entry in metadata:
+            fetch_shard(fs, f"{root}/{entry.path}", folder / entry.path, entry, location)
+        if not manifest.index or sum(e.rows for e in manifest.index) != sum(e.rows for e in manifest.shards):
+            raise ShardError(
+                f"{location}: its shards are not all indexed (a folder written before the training index); "
+                "run w2v prepare on it again to index it, or copy it to a local folder"
+            )
+        write_text_atomic(folder / MANIFEST_NAME, text)
+        (folder / "SOURCE").write_text(location + "\n")
+    shards_dir = folder / f"shards-r{local_rank}"
+    shards_dir.mkdir(exist_ok=True)
+    remote = tuple(
+        RemoteShard(fs, f"{root}/{entry.path}", shards_dir / entry.path, entry, location) for entry in manifest.shards
+    )
+    return StreamedFolder(location, folder, shards_dir, remote)
+
+
+class CorpusCache:
+    """The cache every streamed corpus of a run shares: shard `s` of corpus `k` is key offsets[k] + s."""
+
+    def __init__(self, folders: list[StreamedFolder | None], cache: ShardCache) -> None:
+        self.cache = cache
+        sizes = [len(f.remote) if f is not None else 0 for f in folders]
+        self.offsets = np.concatenate(([0], np.cumsum(sizes)))[:-1].astype(np.int64)
+        self.streamed = [f is not None for f in folders]
+        self._locks = [_hold(f.shards_dir / ".lock") for f in folders if f is not None]
+        self._last = CacheStats()
+
+    def keys(self, corpus: ShardCorpus, k: int, indices: np.ndarray) -> np.ndarray:
+        """The cache keys of the shards utterances `indices` of corpus `k` read (none for a local corpus)."""
+        if not self.streamed[k]:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(corpus.shard[indices]).astype(np.int64) + self.offsets[k]
+
+    def interval_record(self) -> dict[str, float]:
+        """The cache's figures since the last call, for a log record (and TensorBoard)."""
+        now = self.cache.stats()
+        since = now.minus(self._last)
+        self._last = now
+        return {
+            "cache_hit_rate": since.hit_rate,
+            "cache_fetched_bytes": float(since.fetched_bytes),
+            "cache_wait_seconds": since.wait_seconds,
+            "cache_bytes": float(self.cache.bytes_on_disk()),
+            "cache_limit_bytes": float(self.cache.limit_bytes),
+        }
+
+    def release(self, batch: Batch) -> None:
+        self.cache.release((batch.position, batch.piece))
+
+    def close(self) -> None:
+        self.cache.close()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _hold(lock: Path) -> int:
+    """Hold an fcntl lock on `lock` for as long as the returned descriptor is open; another process holding
+    it means another run reads this cache folder: refused (two runs would evict each other's shards)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise W2VError(
+            f"{lock.parent}: another run is reading shards through this cache folder; give this run its own --cache-dir"
+        ) from None
+    return fd
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """How remote shards are streamed: the cache's size, its eviction policy, transfers at once, and how long a
+    failing store is retried before the run stops."""
+
+    limit: CacheLimit = CacheLimit()
+    policy: str = "plan"
+    max_transfers: int = 4
+    retry_seconds: float = 300.0
+
+
+STREAM_REMOTE_SHARDS = StreamingOptions()  # the default: a URL streams through a cache of limit auto
+
+
+def make_cache(folders: list[StreamedFolder | None], options: StreamingOptions, local_ranks: int = 1) -> CorpusCache:
+    """One cache over the shards of every streamed folder; each of the node's `local_ranks` ranks gets an equal
+    share of the limit (resolved against the free disk of the first folder's filesystem)."""
+    streamed = [f for f in folders if f is not None]
+    remote = [shard for f in streamed for shard in f.remote]
+    corpus_bytes = sum(f.shard_bytes for f in streamed)
+    limit = options.limit.resolve(free_bytes(streamed[0].folder), corpus_bytes) // max(local_ranks, 1)
+    cache = ShardCache(remote, limit, policy=options.policy, max_transfers=options.max_transfers,
+                       retry_seconds=options.retry_seconds)  # fmt: skip
+    return CorpusCache(folders, cache)
+
+
+def load_held_out(
+    held: ShardCorpus, k: int, cache: CorpusCache, budget_seconds: float | None, seed: int
+) -> ShardCorpus:
+    """The held-out utterances of corpus `k` that validation reads, copied into memory through the cache: those
+    of the fewest shards (in a seeded order) that hold `budget_seconds` of them (None: of every shard)."""
+    if not cache.streamed[k]:
+        return held
+    order = np.random.default_rng([seed, 0x4E1D]).permutation(np.unique(held.shard))
+    samples = np.bincount(held.shard, weights=held.num_samples, minlength=int(held.shard.max()) + 1)
+    if budget_seconds is not None:
+        reach = np.cumsum(samples[order]) / held.sample_rate
+        order = order[: int(np.searchsorted(reach, budget_seconds)) + 1]
+    chosen = np.sort(order)
+    indices = np.flatnonzero(np.isin(held.shard, chosen))
+    indices = indices[np.argsort(held.shard[indices], kind="stable")]  # shard by shard
+    ends = np.cumsum(held.num_samples[indices].astype(np.int64))
+    memory = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int16)
+    of_shard = held.shard[indices]
+    reader = cache.cache.read(iter(chosen.tolist()), lambda shard: [shard + int(cache.offsets[k])], lambda s: s)
+    try:
+        for shard in reader:
+            for n in np.flatnonzero(of_shard == shard).tolist():
+                memory[ends[n] - held.num_samples[indices[n]] : ends[n]] = held.audio(int(indices[n]))
+            held.close_shards()
+            cache.cache.release(shard)
+    finally:
+        reader.close()
+    return held.in_memory(indices, memory, ends)
