@@ -39,7 +39,13 @@ def pretrain(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: optim.lr=3e-4 (repeatable).")
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where remote shards are staged.")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where shards from a URL are cached (default RUN/shard-cache).")
+    ] = None,
+    cache_limit: Annotated[
+        str,
+        typer.Option(help="Local disk for shards from a URL: bytes (500G), a share of the free disk (10%), or auto."),
+    ] = "auto",
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
     verify_shards: VerifyShards = True,
     upload_to: Annotated[
@@ -50,10 +56,13 @@ def pretrain(
 ) -> None:
     """Pretrain Wav2Vec2ForPreTraining on prepared shards (one process, or each rank under accelerate launch).
 
+    Shards at a URL stream through a local cache of --cache-limit, fetched in the order the batch plan reads
+    them (batch.shuffle_window_shards keeps a small cache from fetching a shard more than once per epoch).
     With --upload-to, a preempted machine loses only the updates since the last checkpoint: the same command
     on a new machine resumes from the bucket. Credentials: the environment (AWS_*, or W2V_STORAGE_OPTIONS,
     a JSON object of fsspec options that the pretrain flow sets from its credentials block)."""
     from w2v.data.loader import LoaderConfig
+    from w2v.data.streaming import StreamingOptions, parse_cache_limit
     from w2v.run.mirror import MirrorConfig
     from w2v.train.config import TrainConfig, apply_overrides
     from w2v.train.recipe import pretrain as run_pretraining
@@ -69,10 +78,9 @@ def pretrain(
             train_config = TrainConfig.from_yaml(config, overrides)
         else:
             train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
-        mirror = None
-        if upload_to:
-            options = storage_options_from_environment(parse_storage_options(storage_options))
-            mirror = MirrorConfig(upload_to, options, keep_last=train_config.keep_last)
+        options = storage_options_from_environment(parse_storage_options(storage_options))
+        streaming = StreamingOptions(limit=parse_cache_limit(cache_limit))
+        mirror = MirrorConfig(upload_to, options, keep_last=train_config.keep_last) if upload_to else None
         with training_progress("pretrain") as on_step:
             result = run_pretraining(
                 train_config,
@@ -80,10 +88,12 @@ def pretrain(
                 output,
                 resume=resume,
                 cache_dir=cache_dir,
+                storage_options=options,
                 loader=LoaderConfig(num_workers=workers),
                 on_step=on_step,
                 verify_shards=verify_shards,
                 mirror=mirror,
+                streaming=streaming,
             )
     except W2VError as error:
         fail(str(error))

@@ -1,0 +1,198 @@
+"""Pretraining from a bucket (moto's S3 on 127.0.0.1) through a bounded cache: the disk stays within the limit,
+the weights are those of the same run on a local copy, and a preempted run resumes from the bucket alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import s3fs
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tests.data.shard_folders import write_shard_folder
+from tests.data.test_shard_cache import DiskWatcher
+from tests.kill import kill_when
+from tests.servers import S3Server, moto_s3_server
+from w2v.cli import app
+from w2v.data.corpus import ShardCorpus
+from w2v.data.loader import LoaderConfig
+from w2v.data.streaming import CacheLimit, StreamingOptions, make_cache, open_streamed
+from w2v.errors import W2VError
+from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.metrics import read_metrics
+from w2v.run.mirror import LATEST
+from w2v.shards.manifest import read_manifest
+from w2v.storage import STORAGE_OPTIONS_ENV
+from w2v.train.config import TrainConfig
+from w2v.train.recipe import pretrain
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = """\
+seed: 4
+deterministic: true
+max_steps: 30
+log_every: 5
+checkpoint_every: 10
+eval_every: 10
+keep_last: 2
+val_share: 0.1
+max_val_batches: 2
+model: {preset: tiny}
+batch: {max_batch_seconds: 6.0, max_sample_seconds: 2.0, shuffle_window_shards: 2}
+masking: {num_negatives: 20}
+optim: {lr: 2.0e-3, warmup_steps: 5}
+"""
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 shards of 10 utterances (1–2.5 s), with the training index prepare writes."""
+    lengths = [int(x) for x in np.random.default_rng(1).integers(16_000, 40_000, 120)]
+    return write_shard_folder(tmp_path_factory.mktemp("stream-shards"), lengths, rows_per_shard=10, indexed=True)
+
+
+@pytest.fixture(scope="module")
+def s3(shards: Path) -> Iterator[S3Server]:
+    with moto_s3_server() as server:
+        fs = s3fs.S3FileSystem(**server.storage_options)  # type: ignore[arg-type]
+        fs.mkdir("corpus")
+        for path in shards.iterdir():
+            fs.put(str(path), f"corpus/night/{path.name}")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_run(shards: Path, config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run on the local folder: what every streamed run must end on."""
+    run = tmp_path_factory.mktemp("local-run")
+    pretrain(TrainConfig.from_yaml(config_file), [str(shards)], run, loader=LoaderConfig(num_workers=0))
+    return run
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(complete_checkpoints(run)[-1] / "model" / "model.safetensors"))
+
+
+def _assert_same_weights(run: Path, reference: Path) -> None:
+    got, expected = _weights(run), _weights(reference)
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def _shard_bytes(shards: Path) -> list[int]:
+    return [entry.bytes for entry in read_manifest(shards).shards]
+
+
+def test_a_streamed_run_stays_within_its_disk_budget_and_ends_on_the_local_runs_weights(
+    s3: S3Server, shards: Path, config_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    sizes = _shard_bytes(shards)
+    limit = int(0.35 * sum(sizes))  # 4 of 12 shards: two windows of 2
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    streamed = open_streamed("s3://corpus/night", cache, s3.storage_options)
+    assert not list(streamed.shards_dir.glob("*.arrow"))  # opening fetches the metadata only
+    with DiskWatcher(streamed.shards_dir) as watcher:
+        pretrain(TrainConfig.from_yaml(config_file), ["s3://corpus/night"], run, cache_dir=cache,
+                 storage_options=s3.storage_options, loader=LoaderConfig(num_workers=2),
+                 streaming=StreamingOptions(limit=CacheLimit(bytes=limit)))  # fmt: skip
+    assert 0 < watcher.peak <= limit + max(sizes)
+    _assert_same_weights(run, local_run)
+    records = [r for r in read_metrics(run) if "cache_hit_rate" in r]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    fetched = sum(r["cache_fetched_bytes"] for r in records)
+    assert sum(sizes) * 0.5 <= fetched <= 2 * sum(sizes)  # 30 steps: about one pass, not one per batch
+    assert all(r["cache_bytes"] <= limit + max(sizes) and r["cache_limit_bytes"] == limit for r in records)
+    assert [r["step"] for r in read_metrics(run) if "val_loss" in r] == [10, 20, 30]  # held-out read from memory
+
+
+def test_a_preempted_streaming_run_resumes_from_the_bucket_on_an_empty_disk(
+    s3: S3Server, shards: Path, config_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"  # its shard cache is RUN/shard-cache: the disk that goes with the machine
+    options = {"endpoint_url": s3.endpoint_url}  # credentials come through the environment
+    environment = {STORAGE_OPTIONS_ENV: json.dumps({"key": "testing", "secret": "testing"})}
+    limit = int(0.35 * sum(_shard_bytes(shards)))
+    command = [sys.executable, "-m", "w2v", "pretrain", "--shards", "s3://corpus/night", "--output", str(run),
+               "--config", str(config_file), "--workers", "1", "--cache-limit", str(limit),
+               "--upload-to", "s3://runs/streamed", "--storage-options", json.dumps(options)]  # fmt: skip
+    bucket = s3fs.S3FileSystem(**s3.storage_options, skip_instance_cache=True)  # type: ignore[arg-type]
+
+    def second_checkpoint_mirrored() -> bool:
+        bucket.invalidate_cache()
+        try:
+            return bool(bucket.cat_file(f"runs/streamed/checkpoints/{LATEST}").decode().strip() >= "step-00000020")
+        except FileNotFoundError:
+            return False
+
+    kill_when(command, second_checkpoint_mirrored, "second checkpoint in the bucket", env=environment)
+    assert bucket.cat_file(f"runs/streamed/checkpoints/{LATEST}").decode().strip() == "step-00000020"
+    assert list((run / "shard-cache").rglob("*.arrow"))  # it was streaming
+    shutil.rmtree(run)  # the machine is gone, and its disk (run folder and shard cache) with it
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **environment}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_weights(run, local_run)
+    assert [r["step"] for r in read_metrics(run) if "contrastive_loss" in r] == [5, 10, 15, 20, 25, 30]
+
+
+def test_two_runs_cannot_share_a_cache_folder(s3: S3Server, tmp_path: Path) -> None:
+    first = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    cache = make_cache([first], StreamingOptions(limit=CacheLimit(bytes=10**6)))
+    try:
+        again = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+        with pytest.raises(W2VError, match=r"another run is reading shards through this cache folder"):
+            make_cache([again], StreamingOptions(limit=CacheLimit(bytes=10**6)))
+    finally:
+        cache.close()
+    make_cache([first], StreamingOptions(limit=CacheLimit(bytes=10**6))).close()  # free again once closed
+
+
+def test_held_out_audio_is_read_once_into_memory_and_matches_the_shards(
+    s3: S3Server, shards: Path, tmp_path: Path
+) -> None:
+    from w2v.data.corpus import split_held_out
+    from w2v.data.streaming import load_held_out
+
+    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
+    _, held = split_held_out(corpus, 0.2)
+    assert held is not None
+    cache = make_cache([streamed], StreamingOptions(limit=CacheLimit(bytes=max(_shard_bytes(shards)))))
+    try:
+        loaded = load_held_out(held, 0, cache, budget_seconds=3.0, seed=0)
+        assert cache.cache.stats().fetches <= len(_shard_bytes(shards))
+    finally:
+        cache.close()
+    assert 3.0 <= loaded.seconds < held.seconds  # the fewest shards holding 3 s, not all of it
+    local = ShardCorpus(shards)
+    ids = dict(zip(zip(local.shard.tolist(), local.row.tolist()), range(len(local)), strict=True))
+    for k in range(len(loaded)):
+        original = ids[(int(loaded.shard[k]), int(loaded.row[k]))]
+        assert np.array_equal(loaded.audio(k), local.audio(original))
+
+
+def test_a_cache_limit_the_command_line_cannot_read_fails_in_one_line(config_file: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pretrain", "--shards", "s3://corpus/night", "--output", str(tmp_path / "run"),
+                                 "--config", str(config_file), "--cache-limit", "lots"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "--cache-limit lots: expected bytes (500G, 2.5TB, 800000000), a share (10%) or auto" in result.output
