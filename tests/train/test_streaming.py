@@ -185,7 +185,8 @@ def test_held_out_audio_is_read_once_into_memory_and_matches_the_shards(
         cache.close()
     assert 3.0 <= loaded.seconds < held.seconds  # the fewest shards holding 3 s, not all of it
     local = ShardCorpus(shards)
-    ids = dict(zip(zip(local.shard.tolist(), local.row.tolist()), range(len(local)), strict=True))
+    places = zip(local.shard.tolist(), local.row.tolist(), strict=True)
+    ids = {place: k for k, place in enumerate(places)}
     for k in range(len(loaded)):
         original = ids[(int(loaded.shard[k]), int(loaded.row[k]))]
         assert np.array_equal(loaded.audio(k), local.audio(original))
