@@ -24,7 +24,8 @@ from tests.kill import kill_when
 from tests.servers import S3Server, moto_s3_server
 from w2v.cli import app
 from w2v.data.corpus import ShardCorpus
-from w2v.data.loader import LoaderConfig
+from w2v.data.loader import LoaderConfig, make_loader
+from w2v.data.plan import BatchConfig
 from w2v.data.streaming import CacheLimit, StreamingOptions, make_cache, open_streamed
 from w2v.errors import W2VError
 from w2v.run.checkpoint import complete_checkpoints
@@ -153,6 +154,24 @@ def test_a_preempted_streaming_run_resumes_from_the_bucket_on_an_empty_disk(
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_weights(run, local_run)
     assert [r["step"] for r in read_metrics(run) if "contrastive_loss" in r] == [5, 10, 15, 20, 25, 30]
+
+
+def test_a_loader_dropped_midway_releases_the_shards_its_batches_held(
+    s3: S3Server, shards: Path, tmp_path: Path
+) -> None:
+    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
+    cache = make_cache([streamed], StreamingOptions(limit=CacheLimit(bytes=int(0.35 * sum(_shard_bytes(shards))))))
+    config = BatchConfig(max_batch_seconds=6.0, shuffle_window_shards=2)
+    try:
+        batches = iter(make_loader([corpus], config, seed=0, loader=LoaderConfig(num_workers=1), cache=cache))
+        for _ in range(3):
+            next(batches)
+        assert cache.cache.pinned_bytes() > 0  # the batches the worker is preparing hold their shards
+        del batches  # what the out-of-memory guard does before reading the update again in pieces
+        assert cache.cache.pinned_bytes() == 0
+    finally:
+        cache.close()
 
 
 def test_two_runs_cannot_share_a_cache_folder(s3: S3Server, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ on the training device (w2v.ssl.masking), where they cost least.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -89,24 +89,36 @@ class _CachedItems:
 
     def __init__(self, items: _Items, corpora: Sequence[ShardCorpus], cache: CorpusCache) -> None:
         self.items, self.corpora, self.cache = items, corpora, cache
+        self.readers: list[Generator[WorkItem, None, None]] = []
 
     def __iter__(self) -> Iterator[WorkItem]:
         def keys(item: WorkItem) -> list[int]:
             return self.cache.keys(self.corpora[item.corpus], item.corpus, item.indices).tolist()
 
-        return self.cache.cache.read(iter(self.items), keys, lambda item: (item.position, item.piece))
+        reader = self.cache.cache.read(iter(self.items), keys, lambda item: (item.position, item.piece))
+        self.readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        """Release what the readers took (a loader dropped for a smaller split must not keep shards pinned)."""
+        for reader in self.readers:
+            reader.close()
+        self.readers = []
 
 
 class _Releasing:
     """The loader's batches; each one received lets the cache evict the shards it was read from."""
 
-    def __init__(self, loader: DataLoader[Batch], cache: CorpusCache) -> None:
-        self.loader, self.cache = loader, cache
+    def __init__(self, loader: DataLoader[Batch], items: _CachedItems) -> None:
+        self.loader, self.items = loader, items
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in self.loader:
-            self.cache.release(batch)
-            yield batch
+        try:
+            for batch in self.loader:
+                self.items.cache.release(batch)
+                yield batch
+        finally:
+            self.items.close()
 
 
 def check_sample_rates(corpora: Sequence[ShardCorpus], config: BatchConfig) -> None:
@@ -152,13 +164,14 @@ def make_loader(
     pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
     workers = loader.num_workers
     items = _Items(stream, rank, world_size, start, max_batches, split)
+    cached = _CachedItems(items, corpora, cache) if cache is not None else None
     batches: DataLoader[Batch] = DataLoader(
         PlannedBatches(corpora, config, seed, close_shards=cache is not None),
         batch_size=None,
-        sampler=items if cache is None else _CachedItems(items, corpora, cache),
+        sampler=items if cached is None else cached,
         num_workers=workers,
         prefetch_factor=loader.prefetch_batches if workers > 0 else None,
         persistent_workers=False,
         pin_memory=pin,
     )
-    return batches if cache is None else _Releasing(batches, cache)
+    return batches if cached is None else _Releasing(batches, cached)

@@ -199,6 +199,11 @@ class ShardCache:
         with self._lock:
             return self._used
 
+    def pinned_bytes(self) -> int:
+        """The bytes of the shards that items the reader has out read."""
+        with self._lock:
+            return sum(slot.shard.entry.bytes for slot in self._slots if slot.pins)
+
     def close(self) -> None:
         """Stop fetching (transfers under way finish); a reader still waiting gets a CacheError."""
         with self._lock:

@@ -150,6 +150,7 @@ class CorpusCache:
         self._last = now
         return {
             "cache_hit_rate": since.hit_rate,
+            "cache_reads": float(since.accesses),
             "cache_fetched_bytes": float(since.fetched_bytes),
             "cache_wait_seconds": since.wait_seconds,
             "cache_bytes": float(self.cache.bytes_on_disk()),
