@@ -1,12 +1,12 @@
 """Pretraining from a bucket through a bounded cache, against the same run on a local copy of the corpus.
 
-A synthetic corpus (`--shards` shards of 10 utterances of 1-2.5 s; speakers laid out in runs of consecutive
-recordings, as a corpus prepared speaker by speaker is) is put on moto's S3 server on 127.0.0.1, behind a
-proxy that adds `--latency-ms` to every request and shares `--mbps` of bandwidth between them, so the figures
-resemble a real bucket's. The tiny preset trains for `--epochs` epochs of it, once from the local folder (the
-anchor) and then streamed, for a cache of 5, 10, 25 and 100 % of the corpus, with plan-aware (Belady) and LRU
-eviction. The shuffle window is the largest that leaves the cache two windows (a full shuffle at 100 %): the
-knob a user would set for that cache. For each:
+A synthetic corpus (`--shards` shards of `--rows-per-shard` utterances of 1-2.5 s; speakers laid out in runs
+of consecutive recordings, as a corpus prepared speaker by speaker is) is put on moto's S3 server on 127.0.0.1,
+behind a proxy that adds `--latency-ms` to every request and shares `--mbps` of bandwidth between them, so
+the figures resemble a real bucket's. The tiny preset trains for `--epochs` epochs of it, once from the
+local folder (the anchor) and then streamed, for a cache of 5, 10, 25 and 100 % of the corpus, with
+plan-aware (Belady) and LRU eviction. The shuffle window is the largest that leaves the cache two windows
+(a full shuffle at 100 %): the knob a user would set for that cache. For each:
 
   throughput_vs_local  audio seconds trained per second / the local run's with the same window
   fetched_per_epoch    bytes downloaded / (corpus bytes × epochs)
@@ -15,7 +15,8 @@ knob a user would set for that cache. For each:
   mixing               distinct shards per 16 consecutive micro-batches / the same under a full shuffle
   speaker_mixing       the same for distinct speakers
 
-Usage: python benchmarks/streaming.py [--quick] [--shards 60] [--epochs 2] [--latency-ms 50] [--mbps 200]
+Usage: python benchmarks/streaming.py [--quick] [--shards 50] [--rows-per-shard 24] [--epochs 2]
+                                      [--latency-ms 50] [--mbps 200]
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import contextlib
 import http.client
 import json
 import logging
+import multiprocessing
 import platform
 import shutil
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -40,8 +44,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import s3fs
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from tests.data.shard_folders import write_shard_folder
-from tests.servers import moto_s3_server
+from tests.servers import free_port, moto_s3_server
 from w2v.data.corpus import ShardCorpus
 from w2v.data.loader import LoaderConfig
 from w2v.data.plan import BatchConfig, plan_shard_windows
@@ -82,10 +88,8 @@ class _Slow:
             time.sleep(wait)
 
 
-@contextlib.contextmanager
-def slow_proxy(upstream: str, latency_s: float, bytes_per_second: float) -> Iterator[str]:
-    """An HTTP proxy on 127.0.0.1 in front of `upstream` that delays each request by `latency_s` and sends
-    response bodies no faster than `bytes_per_second` (shared); yields its URL."""
+def _serve(upstream: str, latency_s: float, bytes_per_second: float, port: int) -> None:
+    """The proxy's process: forward every request to `upstream`, each `latency_s` late, bodies throttled."""
     target = urlsplit(upstream)
     bandwidth = _Slow(bytes_per_second)
 
@@ -103,10 +107,12 @@ def slow_proxy(upstream: str, latency_s: float, bytes_per_second: float) -> Iter
             payload = response.read()
             connection.close()
             self.send_response(response.status)
+            dropped = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
             for name, value in response.getheaders():
-                if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                if name.lower() not in dropped:
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             for start in range(0, len(payload), 1 << 16):
                 chunk = payload[start : start + (1 << 16)]
@@ -118,29 +124,49 @@ def slow_proxy(upstream: str, latency_s: float, bytes_per_second: float) -> Iter
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.serve_forever()
+
+
+@contextlib.contextmanager
+def slow_proxy(upstream: str, latency_s: float, bytes_per_second: float) -> Iterator[str]:
+    """An HTTP proxy on 127.0.0.1, in its own process (it must not take the training process' time), in front
+    of `upstream`: each request is delayed by `latency_s`, response bodies share `bytes_per_second`."""
+    port = free_port()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(upstream, latency_s, bytes_per_second, port), daemon=True
+    )
+    process.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or not process.is_alive():
+                    raise RuntimeError("the latency proxy did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        server.server_close()
+        process.kill()
+        process.join(10)
 
 
-def make_corpus(folder: Path, shards: int) -> Path:
-    lengths = [int(x) for x in np.random.default_rng(1).integers(16_000, 40_000, shards * 10)]
+def make_corpus(folder: Path, shards: int, rows_per_shard: int) -> Path:
+    lengths = [int(x) for x in np.random.default_rng(1).integers(16_000, 40_000, shards * rows_per_shard)]
 
     def labels(k: int) -> tuple[None, str, None]:
         return None, f"speaker-{k // SPEAKER_RUN:03d}", None
 
-    return write_shard_folder(folder, lengths, rows_per_shard=10, labels=labels, indexed=True)
+    return write_shard_folder(folder, lengths, rows_per_shard=rows_per_shard, labels=labels, indexed=True)
 
 
 def window_for(share: float, shards: int) -> int | None:
-    """The largest shuffle window that leaves a cache of `share` room for two windows (None: all shards)."""
-    return None if share >= 1.0 else max(1, int(share * shards) // 2)
+    """The largest shuffle window that leaves a cache of `share` room for two windows, with a margin for shards
+    larger than the mean (None: all shards)."""
+    return None if share >= 1.0 else max(1, int(0.9 * share * shards) // 2)
 
 
 def mixing(corpus: ShardCorpus, window: int | None, seed: int) -> tuple[float, float]:
@@ -154,6 +180,11 @@ def mixing(corpus: ShardCorpus, window: int | None, seed: int) -> tuple[float, f
         shard_counts.append(np.unique(corpus.shard[rows]).size)
         speaker_counts.append(np.unique(speakers[rows]).size)
     return float(np.mean(shard_counts)), float(np.mean(speaker_counts))
+
+
+def batches_per_epoch(corpus: ShardCorpus, window: int | None) -> int:
+    config = BatchConfig(**{**CONFIG["batch"], "shuffle_window_shards": window})
+    return len(plan_shard_windows(corpus.num_samples, corpus.shard, config, CONFIG["seed"], 0))
 
 
 def train(shards: list[str], run: Path, steps: int, window: int | None, **kwargs: Any) -> dict[str, float]:
@@ -179,7 +210,8 @@ def train(shards: list[str], run: Path, steps: int, window: int | None, **kwargs
 
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=int, default=60)
+    parser.add_argument("--shards", type=int, default=50)
+    parser.add_argument("--rows-per-shard", type=int, default=24)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--mbps", type=float, default=200.0, help="bandwidth, megabytes per second")
@@ -192,10 +224,9 @@ def main() -> dict[str, Any]:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="w2v-streaming-bench-"))
     try:
-        folder = make_corpus(work / "corpus", args.shards)
+        folder = make_corpus(work / "corpus", args.shards, args.rows_per_shard)
         corpus = ShardCorpus(folder)
         corpus_bytes = sum(p.stat().st_size for p in folder.glob("b00-*.arrow"))
-        steps = max(10, int(args.epochs * corpus.seconds / CONFIG["batch"]["max_batch_seconds"]))
         full_shards, full_speakers = mixing(corpus, None, CONFIG["seed"])
         results, anchors = [], {}
         with moto_s3_server() as s3:
@@ -207,6 +238,7 @@ def main() -> dict[str, Any]:
                 options = {**s3.storage_options, "endpoint_url": endpoint}
                 for share in shares:
                     window = window_for(share, args.shards)
+                    steps = max(10, round(args.epochs * batches_per_epoch(corpus, window)))  # val_share 0: all
                     if window not in anchors:
                         anchors[window] = train([str(folder)], work / f"local-{window}", steps, window)
                     shard_mix, speaker_mix = mixing(corpus, window, CONFIG["seed"])
@@ -220,6 +252,7 @@ def main() -> dict[str, Any]:
                             "cache_share": share,
                             "policy": policy,
                             "shuffle_window_shards": window,
+                            "steps": steps,
                             "throughput_vs_local": round(got["audio_seconds_per_second"]
                                                          / local["audio_seconds_per_second"], 3),
                             "fetched_per_epoch": round(got["fetched_bytes"] / corpus_bytes / args.epochs, 3),
@@ -236,9 +269,13 @@ def main() -> dict[str, Any]:
         "benchmark": "streaming",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "corpus": {"shards": args.shards, "bytes": corpus_bytes, "seconds": round(corpus.seconds, 1)},
+        "corpus": {
+            "shards": args.shards,
+            "utterances": len(corpus),
+            "bytes": corpus_bytes,
+            "seconds": round(corpus.seconds, 1),
+        },
         "store": {"latency_ms": args.latency_ms, "megabytes_per_second": args.mbps},
-        "steps": steps,
         "epochs": args.epochs,
         "anchor": "throughput: the same run on the local folder; fetched: corpus bytes per epoch; mixing: a full "
         "shuffle's distinct shards (speakers) per 16 micro-batches",

@@ -144,3 +144,23 @@ def test_the_cache_replay_benchmark_compares_windows_caches_and_policies() -> No
             assert row["fetched_per_epoch"] <= 1.0 and row["mixing"] < 1, key
     assert rows[(None, 0.1, "plan")]["fetched_per_epoch"] > 10  # a full shuffle thrashes a small cache
     assert rows[(None, 0.1, "plan")]["fetched_per_epoch"] < rows[(None, 0.1, "lru")]["fetched_per_epoch"]
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_the_streaming_benchmark_trains_from_a_slowed_bucket_for_each_cache_and_policy() -> None:
+    command = [sys.executable, "benchmarks/streaming.py", "--quick"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["benchmark"] == "streaming" and result["store"] == {"latency_ms": 50.0, "megabytes_per_second": 200.0}
+    rows = {(r["cache_share"], r["policy"]): r for r in result["results"]}
+    assert set(rows) == {(0.1, "plan"), (0.1, "lru"), (1.0, "plan"), (1.0, "lru")}
+    for key, row in rows.items():
+        assert row["throughput_vs_local"] > 0 and 0 <= row["hit_rate"] <= 1 and 0 <= row["data_wait_share"] < 1, key
+    for policy in ("plan", "lru"):
+        whole = rows[(1.0, policy)]  # a cache that holds the corpus fetches each shard once, whatever is read
+        assert whole["fetched_per_epoch"] == round(1 / result["epochs"], 3) and whole["mixing"] == 1.0
+        window = rows[(0.1, policy)]
+        assert window["shuffle_window_shards"] == 1 and window["mixing"] < 1 and window["speaker_mixing"] < 1
+        assert 0 < window["fetched_per_epoch"] <= 1.5  # the windows walk the corpus about once
