@@ -4,6 +4,7 @@ fetches in plan order with Belady eviction, and faults that end in one line nami
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import threading
 import time
@@ -222,3 +223,20 @@ def test_one_shard_over_the_limit_is_allowed_when_the_items_out_need_it(tmp_path
         read_all(cache, [(0, 1, 2), (3,)])
     cache.close()
     assert watcher.peak <= 3 * SIZE
+
+
+class FullDisk(FlakyFileSystem):
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        self.opened.append(Path(path).name)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_local_disk_stops_the_reader_at_once_with_one_line(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 2)
+    fs = FullDisk(skip_instance_cache=True)
+    cache = make_cache(tmp_path, entries, limit=2 * SIZE, fs=fs, retry_seconds=600)
+    with pytest.raises(CacheError, match=r"cache/s00\d\.arrow: cannot be written \(\[Errno 28\] No space left"):
+        read_all(cache, cyclic(2, 1))
+    cache.close()
+    assert len(fs.opened) <= 2  # each shard tried once: not retried like a store that hung up
+    assert not list((tmp_path / "cache").glob("*.arrow*"))

@@ -188,6 +188,10 @@ class ShardCache:
                     self._schedule()
                     return
 
+    @property
+    def shards(self) -> list[RemoteShard]:
+        return [slot.shard for slot in self._slots]
+
     def stats(self) -> CacheStats:
         with self._lock:
             c = self._counts

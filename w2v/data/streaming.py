@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,30 @@ def make_cache(folders: list[StreamedFolder | None], options: StreamingOptions, 
     cache = ShardCache(remote, limit, policy=options.policy, max_transfers=options.max_transfers,
                        retry_seconds=options.retry_seconds)  # fmt: skip
     return CorpusCache(folders, cache)
+
+
+def window_advice(limit_bytes: int, shard_bytes: Sequence[int], window: int | None) -> str | None:
+    """A line for a cache that cannot hold two shuffle windows of shards (the one being read and the next),
+    saying what to set; None when it can, or when it holds the whole corpus."""
+    total = sum(shard_bytes)
+    if limit_bytes >= total or not shard_bytes:
+        return None
+    mean = total / len(shard_bytes)
+    fits = int(limit_bytes / mean) // 2  # the largest window two of which fit
+    held = f"shard cache: {limit_bytes} bytes hold {limit_bytes / total:.0%} of the corpus"
+    if fits < 1:
+        return f"{held}, less than two shards; raise --cache-limit to at least {int(2 * mean)} bytes"
+    if window is None:
+        return (
+            f"{held} and batch.shuffle_window_shards is unset (a full shuffle reads every shard all epoch long): "
+            f"the corpus will be fetched many times per epoch; set batch.shuffle_window_shards to at most {fits}"
+        )
+    if window > fits:
+        return (
+            f"{held}, not two windows of {window} shards: shards will be fetched more than once per epoch; set "
+            f"batch.shuffle_window_shards to at most {fits} or raise --cache-limit"
+        )
+    return None
 
 
 def load_held_out(

@@ -28,7 +28,7 @@ from w2v.data.corpus import ShardCorpus, split_held_out
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.mixture import open_corpora, open_streaming_corpora
 from w2v.data.stream import StreamState
-from w2v.data.streaming import STREAM_REMOTE_SHARDS, CorpusCache, StreamingOptions, load_held_out
+from w2v.data.streaming import STREAM_REMOTE_SHARDS, CorpusCache, StreamingOptions, load_held_out, window_advice
 from w2v.run.harness import (
     OnStep,
     Run,
@@ -174,6 +174,10 @@ def _open_data(config: TrainConfig, shards: list[str], cache: Path, storage_opti
     splits = [split_held_out(corpus, config.val_share) for corpus in opened.corpora]
     held_out = [held for _, held in splits if held is not None]
     if opened.cache is not None:
+        sizes = [shard.entry.bytes for shard in opened.cache.cache.shards]
+        advice = window_advice(opened.cache.cache.limit_bytes, sizes, config.batch.shuffle_window_shards)
+        if advice and accelerator.is_main_process:
+            logger.warning("%s", advice)
         budget = _validation_seconds(config)
         held_out = [load_held_out(held, k, opened.cache, budget, config.seed) for k, (_, held) in enumerate(splits)
                     if held is not None]  # fmt: skip
