@@ -216,3 +216,48 @@ def test_a_cache_limit_the_command_line_cannot_read_fails_in_one_line(config_fil
                                  "--config", str(config_file), "--cache-limit", "lots"])  # fmt: skip
     assert result.exit_code != 0
     assert "--cache-limit lots: expected bytes (500G, 2.5TB, 800000000), a share (10%) or auto" in result.output
+
+
+DISTRIBUTED = """\
+seed: 5
+deterministic: true
+max_steps: 12
+log_every: 4
+checkpoint_every: 6
+model: {preset: tiny, overrides: {layerdrop: 0.0}}
+batch: {max_batch_seconds: 6.0, max_sample_seconds: 2.0, shuffle_window_shards: 2}
+masking: {num_negatives: 20}
+optim: {lr: 1.0e-3, warmup_steps: 3}
+"""
+
+
+def test_two_ranks_streaming_with_a_cache_each_match_one_local_process_accumulating_two(
+    s3: S3Server, shards: Path, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(DISTRIBUTED)
+    limit = int(0.7 * sum(_shard_bytes(shards)))  # two ranks: 35 % each
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "w2v", "pretrain"]
+    command += ["--shards", "s3://corpus/night", "--output", str(tmp_path / "two"), "--config", str(config_file)]
+    command += ["--workers", "0", "--cache-limit", str(limit)]
+    command += ["--storage-options", json.dumps({"endpoint_url": s3.endpoint_url})]
+    secret = json.dumps({"key": "testing", "secret": "testing"})
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MASTER_ADDR": "127.0.0.1", STORAGE_OPTIONS_ENV: secret}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    caches = sorted(p.name for p in (tmp_path / "two" / "shard-cache").glob("*/shards-r*"))
+    assert caches == ["shards-r0", "shards-r1"]  # each rank fetched into its own folder, half the limit each
+    for record in read_metrics(tmp_path / "two"):
+        assert record["cache_limit_bytes"] == limit // 2
+
+    one = TrainConfig.from_yaml(config_file, ["gradient_accumulation=2"])
+    pretrain(one, [str(shards)], tmp_path / "one", loader=LoaderConfig(num_workers=0))
+    two_metrics, one_metrics = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    assert [r["step"] for r in two_metrics] == [4, 8, 12]
+    for a, b in zip(two_metrics, one_metrics, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    two = _weights(tmp_path / "two")
+    for name, tensor in _weights(tmp_path / "one").items():
+        torch.testing.assert_close(two[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
