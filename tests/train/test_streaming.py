@@ -174,13 +174,19 @@ def test_a_loader_dropped_midway_releases_the_shards_its_batches_held(
         cache.close()
 
 
-def test_two_runs_cannot_share_a_cache_folder(s3: S3Server, tmp_path: Path) -> None:
+def test_two_runs_cannot_share_a_cache_folder_and_the_refused_one_touches_nothing(s3: S3Server, tmp_path: Path) -> None:
     first = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    stray = first.shards_dir / "b00-g00000-0000.arrow"  # a shard of a generation the manifest no longer lists
+    stray.write_bytes(b"old")
     cache = make_cache([first], StreamingOptions(limit=CacheLimit(bytes=10**6)))
+    assert not stray.exists()
+    arriving = first.shards_dir / (first.remote[0].local.name + ".part")  # the first run's transfer under way
+    arriving.write_bytes(b"half")
     try:
         again = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
         with pytest.raises(W2VError, match=r"another run is reading shards through this cache folder"):
             make_cache([again], StreamingOptions(limit=CacheLimit(bytes=10**6)))
+        assert arriving.read_bytes() == b"half"
     finally:
         cache.close()
     make_cache([first], StreamingOptions(limit=CacheLimit(bytes=10**6))).close()  # free again once closed

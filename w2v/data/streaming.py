@@ -32,7 +32,7 @@ from w2v.data.collate import Batch
 from w2v.data.corpus import ShardCorpus
 from w2v.data.integrity import exclusive
 from w2v.data.shard_cache import CacheStats, RemoteShard, ShardCache
-from w2v.data.staging import fetch_shard
+from w2v.data.staging import VERIFIED_SUFFIX, fetch_shard
 from w2v.errors import ShardError, W2VError
 from w2v.shards.location import Location
 from w2v.shards.manifest import MANIFEST_NAME, StoredFile, manifest_from_json
@@ -130,12 +130,13 @@ def open_streamed(
 class CorpusCache:
     """The cache every streamed corpus of a run shares: shard `s` of corpus `k` is key offsets[k] + s."""
 
-    def __init__(self, folders: list[StreamedFolder | None], cache: ShardCache) -> None:
+    def __init__(self, folders: list[StreamedFolder | None], cache: ShardCache, locks: list[int]) -> None:
+        """`locks`: the descriptors holding each streamed folder's shard lock (closed by `close`)."""
         self.cache = cache
         sizes = [len(f.remote) if f is not None else 0 for f in folders]
         self.offsets = np.concatenate(([0], np.cumsum(sizes)))[:-1].astype(np.int64)
         self.streamed = [f is not None for f in folders]
-        self._locks = [_hold(f.shards_dir / ".lock") for f in folders if f is not None]
+        self._locks = locks
         self._last = CacheStats()
 
     def keys(self, corpus: ShardCorpus, k: int, indices: np.ndarray) -> np.ndarray:
@@ -202,14 +203,41 @@ STREAM_REMOTE_SHARDS = StreamingOptions()  # the default: a URL streams through 
 
 def make_cache(folders: list[StreamedFolder | None], options: StreamingOptions, local_ranks: int = 1) -> CorpusCache:
     """One cache over the shards of every streamed folder; each of the node's `local_ranks` ranks gets an equal
-    share of the limit (resolved against the free disk of the first folder's filesystem)."""
+    share of the limit (resolved against the free disk of the first folder's filesystem, counting the shards
+    already cached there as free). Raises W2VError when another run holds one of the folders."""
     streamed = [f for f in folders if f is not None]
-    remote = [shard for f in streamed for shard in f.remote]
-    corpus_bytes = sum(f.shard_bytes for f in streamed)
-    limit = options.limit.resolve(free_bytes(streamed[0].folder), corpus_bytes) // max(local_ranks, 1)
-    cache = ShardCache(remote, limit, policy=options.policy, max_transfers=options.max_transfers,
-                       retry_seconds=options.retry_seconds)  # fmt: skip
-    return CorpusCache(folders, cache)
+    locks: list[int] = []
+    try:
+        for folder in streamed:
+            locks.append(_hold(folder.shards_dir / ".lock"))  # before anything in the folder is touched
+        cached = sum(_remove_strays(folder) for folder in streamed)
+        remote = [shard for f in streamed for shard in f.remote]
+        corpus_bytes = sum(f.shard_bytes for f in streamed)
+        free = free_bytes(streamed[0].folder) + cached
+        limit = options.limit.resolve(free, corpus_bytes) // max(local_ranks, 1)
+        cache = ShardCache(remote, limit, policy=options.policy, max_transfers=options.max_transfers,
+                           retry_seconds=options.retry_seconds)  # fmt: skip
+    except BaseException:
+        for fd in locks:
+            os.close(fd)
+        raise
+    return CorpusCache(folders, cache, locks)
+
+
+def _remove_strays(folder: StreamedFolder) -> int:
+    """Delete what the shard folder holds that the manifest no longer names (shards of an older generation,
+    their markers and parts); returns the bytes of the shards it names that are there."""
+    names = {shard.local.name for shard in folder.remote}
+    kept = 0
+    for path in folder.shards_dir.iterdir():
+        base = path.name.removesuffix(".part").removesuffix(VERIFIED_SUFFIX)
+        if path.name == ".lock":
+            continue
+        if base not in names:
+            path.unlink()
+        elif path.name == base:
+            kept += path.stat().st_size
+    return kept
 
 
 def window_advice(limit_bytes: int, shard_bytes: Sequence[int], window: int | None) -> str | None:
