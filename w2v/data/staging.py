@@ -25,7 +25,7 @@ from w2v.atomic import write_text_atomic
 from w2v.data.integrity import check_local_shards, check_shards, exclusive, remember_checked
 from w2v.errors import ShardError
 from w2v.shards.location import Location
-from w2v.shards.manifest import MANIFEST_NAME, StoredFile, manifest_from_json
+from w2v.shards.manifest import MANIFEST_NAME, Manifest, StoredFile, manifest_from_json
 from w2v.shards.table import sha256_file
 from w2v.storage import is_url
 
@@ -80,17 +80,10 @@ def stage_shards(
         return Staged(folder, 0, 0, hashed)
     fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
     root = root.rstrip("/")
-    local = Path(cache_dir) / hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
-    local.mkdir(parents=True, exist_ok=True)
+    local = cache_folder(cache_dir, location)
     hashed = 0
     with exclusive(local / ".lock"):
-        try:
-            text = fs.cat_file(f"{root}/{MANIFEST_NAME}").decode()
-        except FileNotFoundError:
-            raise ShardError(
-                f"{location}: no {MANIFEST_NAME} there; point --shards at a folder w2v prepare wrote"
-            ) from None
-        manifest = manifest_from_json(json.loads(text), location, Location.of(location, storage_options))
+        text, manifest = remote_manifest(fs, root, location, storage_options)
         if verify:  # shards fetched by an earlier staging: fetch again any damaged since
             on_disk = [entry for entry in manifest.training_files if _marked(local / entry.path, entry)]
             at_rest = check_shards(local, on_disk, records)
@@ -111,6 +104,24 @@ def stage_shards(
                 path.with_name(path.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
         (local / "SOURCE").write_text(location + "\n")
     return Staged(local, fetched, len(manifest.shards), hashed)
+
+
+def cache_folder(cache_dir: Path, location: str) -> Path:
+    """The folder (made if absent) in `cache_dir` that holds what is fetched from URL `location`."""
+    folder = Path(cache_dir) / hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def remote_manifest(fs: Any, root: str, location: str, storage_options: dict[str, Any] | None) -> tuple[str, Manifest]:
+    """The manifest at `location` (fsspec `fs`, path `root`): its text and parsed form, or a one-line ShardError."""
+    try:
+        text = fs.cat_file(f"{root}/{MANIFEST_NAME}").decode()
+    except FileNotFoundError:
+        raise ShardError(
+            f"{location}: no {MANIFEST_NAME} there; point --shards at a folder w2v prepare wrote"
+        ) from None
+    return text, manifest_from_json(json.loads(text), location, Location.of(location, storage_options))
 
 
 def fetch_shard(fs: Any, remote: str, target: Path, entry: StoredFile, location: str) -> int:

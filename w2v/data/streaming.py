@@ -14,8 +14,6 @@ and read locally from then on, one that does not streams in the plan's order.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -32,10 +30,9 @@ from w2v.data.collate import Batch
 from w2v.data.corpus import ShardCorpus
 from w2v.data.integrity import exclusive
 from w2v.data.shard_cache import CacheStats, RemoteShard, ShardCache
-from w2v.data.staging import VERIFIED_SUFFIX, fetch_shard
+from w2v.data.staging import VERIFIED_SUFFIX, cache_folder, fetch_shard, remote_manifest
 from w2v.errors import ShardError, W2VError
-from w2v.shards.location import Location
-from w2v.shards.manifest import MANIFEST_NAME, StoredFile, manifest_from_json
+from w2v.shards.manifest import MANIFEST_NAME, StoredFile
 
 DEFAULT_CACHE_LIMIT = "auto"
 AUTO_SHARE_OF_FREE_DISK = 0.5
@@ -99,16 +96,9 @@ def open_streamed(
     Raises ShardError when the URL holds no manifest or a metadata file differs from it."""
     fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
     root = root.rstrip("/")
-    folder = Path(cache_dir) / hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = cache_folder(cache_dir, location)
     with exclusive(folder / ".metadata.lock"):
-        try:
-            text = fs.cat_file(f"{root}/{MANIFEST_NAME}").decode()
-        except FileNotFoundError:
-            raise ShardError(
-                f"{location}: no {MANIFEST_NAME} there; point --shards at a folder w2v prepare wrote"
-            ) from None
-        manifest = manifest_from_json(json.loads(text), location, Location.of(location, storage_options))
+        text, manifest = remote_manifest(fs, root, location, storage_options)
         metadata: list[StoredFile] = [*manifest.shard_tables, *manifest.index]
         for entry in metadata:
             fetch_shard(fs, f"{root}/{entry.path}", folder / entry.path, entry, location)
