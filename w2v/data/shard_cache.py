@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
-import os
 import threading
 import time
 from collections import deque
@@ -30,30 +28,16 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from w2v.data.eviction import POLICIES
-from w2v.data.staging import VERIFIED_SUFFIX, fetch_shard
-from w2v.errors import ShardError, W2VError
+from w2v.data.shard_fetch import CacheError, RemoteShard, fetch_with_retries
+from w2v.data.staging import VERIFIED_SUFFIX
+from w2v.errors import W2VError
 from w2v.shards.manifest import StoredFile
 
-logger = logging.getLogger("w2v.data")
+__all__ = ["CacheError", "CacheStats", "RemoteShard", "ShardCache"]
 T = TypeVar("T")
 NEVER = float("inf")  # the next use of a shard the lookahead has not reached
 MAX_LOOKAHEAD_ITEMS = 1 << 14
 LOOKAHEAD_LIMITS = 4
-
-
-class CacheError(W2VError):
-    """The cache cannot go on: a shard that cannot be fetched, or a limit below what the reader holds."""
-
-
-@dataclass(frozen=True)
-class RemoteShard:
-    """One shard the cache may hold: where it is (an fsspec filesystem and path) and where it goes."""
-
-    fs: Any
-    remote: str
-    local: Path
-    entry: StoredFile  # its size and sha256
-    location: str  # the --shards location, for messages
 
 
 @dataclass(frozen=True)
@@ -408,30 +392,10 @@ class ShardCache:
     # The transfer threads.
 
     def _transfer(self, key: int) -> None:
-        shard = self._slots[key].shard
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.5
-        while True:
-            try:
-                fetched = fetch_shard(shard.fs, shard.remote, shard.local, shard.entry, shard.location)
-                break
-            except ShardError as error:  # damaged in the store: it was fetched twice already
-                return self._failed(key, CacheError(str(error)))
-            except OSError as error:
-                if _local_problem(error, shard.local):  # a full disk is not the store's fault: no retry
-                    return self._failed(key, CacheError(f"{shard.local}: cannot be written ({error})"))
-                if time.monotonic() + delay > deadline:
-                    message = (
-                        f"{shard.location}/{shard.entry.path}: could not be fetched for {self.retry_seconds:.0f} s "
-                        f"({type(error).__name__}: {error})"
-                    )
-                    return self._failed(key, CacheError(message))
-                logger.warning("%s/%s: %s; trying again in %.1f s", shard.location, shard.entry.path, error, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            except Exception as error:  # whatever the store raised, the reader must hear of it
-                message = f"{shard.location}/{shard.entry.path}: {type(error).__name__}: {error}"
-                return self._failed(key, CacheError(message))
+        try:
+            fetched = fetch_with_retries(self._slots[key].shard, self.retry_seconds)
+        except CacheError as error:
+            return self._failed(key, error)
         with self._lock:
             self._transfers -= 1
             self._slots[key].state = "ready"
@@ -474,12 +438,3 @@ def _marked(local: Path, marker: Path, entry: StoredFile) -> bool:
         return local.stat().st_size == entry.bytes and marker.read_text().strip() == entry.sha256
     except OSError:
         return False
-
-
-def _local_problem(error: OSError, local: Path) -> bool:
-    """Whether `error` is about the local disk (full, read-only, permissions) rather than the store."""
-    import errno
-
-    return error.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) or (
-        error.errno == errno.EACCES and not os.access(local.parent, os.W_OK)
-    )
