@@ -128,6 +128,7 @@ class ShardCache:
         self._wanted: list[tuple[float, int]] = []  # (next use, shard) of absent shards
         self._victims: list[tuple[float, float, int, float, int]] = []  # (priority..., shard, next use, last read)
         self._used = 0
+        self._ready: set[int] = set()  # shards on disk
         self._error: CacheError | None = None
         self._counts = {"accesses": 0, "hits": 0, "fetches": 0, "fetched_bytes": 0, "peak_bytes": 0}
         self._wait_seconds = 0.0
@@ -186,6 +187,12 @@ class ShardCache:
         """The bytes reserved for shards on disk or arriving (what the limit bounds)."""
         with self._lock:
             return self._used
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no transfer is under way (the prefetching the last event started has run its course);
+        False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._transfers == 0 or self._error is not None, timeout)
 
     def pinned_bytes(self) -> int:
         """The bytes of the shards that items the reader has out read."""
@@ -299,10 +306,33 @@ class ShardCache:
             if self._slots[key].state != "absent" or self._next_use(key) != use:
                 heapq.heappop(self._wanted)  # stale
                 continue
-            if not self._make_room(key, use):
+            if not self._early_eviction_is_safe(key, use) or not self._make_room(key, use):
                 return
             heapq.heappop(self._wanted)
             self._start(key)
+
+    def _early_eviction_is_safe(self, key: int, needed_at: float) -> bool:
+        """Whether room for `key` may be made now rather than when it is needed: under `plan`, only when the
+        shard Belady's rule would evict at `needed_at` is already known, i.e. no cached shard read before then
+        will be needed again later than the farthest shard that is not (else it is the better victim, and
+        evicting now would throw away a shard the next round needs: on a loop longer than the cache, evicting
+        early fetched every read). Cao et al.'s "conservative" prefetching: Belady's evictions, as early as
+        possible. Free room needs no check; `lru` evicts by recency anyway."""
+        if self.policy != "plan" or self._used + self._slots[key].shard.entry.bytes <= self.limit_bytes:
+            return True
+        farthest = max((self._next_use(k) for k in self._ready if not self._slots[k].pins
+                        and self._next_use(k) > needed_at), default=None)  # fmt: skip
+        if farthest is None:
+            return False
+        for cached in self._ready:
+            if self._next_use(cached) < needed_at and self._use_after(cached, needed_at) > farthest:
+                return False
+        return True
+
+    def _use_after(self, key: int, moment: float) -> float:
+        """The first read of `key` after `moment` among the items ahead (NEVER: none seen)."""
+        later = [next((o for o in s.uses.get(key, ()) if o > moment), NEVER) for s in self._sessions]
+        return min(later, default=NEVER)
 
     def _demand(self, taken: _Ahead[Any]) -> None:
         """The reader waits on `taken`: fetch its missing shards first. When none is on the way and no room
@@ -368,6 +398,7 @@ class ShardCache:
         slot.shard.local.unlink(missing_ok=True)
         slot.shard.local.with_name(slot.shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
         slot.state = "absent"
+        self._ready.discard(key)
         self._used -= slot.shard.entry.bytes
         self._touch(key)
 
@@ -399,6 +430,7 @@ class ShardCache:
         with self._lock:
             self._transfers -= 1
             self._slots[key].state = "ready"
+            self._ready.add(key)
             self._counts["fetches"] += 1
             self._counts["fetched_bytes"] += fetched
             self._touch(key)
@@ -417,7 +449,7 @@ class ShardCache:
     def _adopt_local_files(self) -> None:
         """Shards a run before this one left checked in the folder count as cached (up to the limit);
         parts of interrupted transfers are removed (their bytes were never reserved)."""
-        for slot in self._slots:
+        for key, slot in enumerate(self._slots):
             local = slot.shard.local
             local.with_name(local.name + ".part").unlink(missing_ok=True)
             marker = local.with_name(local.name + VERIFIED_SUFFIX)
@@ -427,6 +459,7 @@ class ShardCache:
             fits = self._used + slot.shard.entry.bytes <= self.limit_bytes
             if fits and _marked(local, marker, slot.shard.entry):
                 slot.state = "ready"
+                self._ready.add(key)
                 self._used += slot.shard.entry.bytes
             else:
                 local.unlink()
