@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from w2v.run.checkpoint import complete_checkpoints
 
@@ -44,3 +45,18 @@ def kill_when(
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def mirrored_at_least(bucket: Any, checkpoints: str, step: int) -> Callable[[], bool]:
+    """A condition for `kill_when`: the bucket's LATEST pointer under `checkpoints` (bucket/prefix/checkpoints)
+    names step `step` or a later one (checkpoint names sort by step)."""
+    from w2v.run.mirror import LATEST
+
+    def reached() -> bool:
+        bucket.invalidate_cache()
+        try:
+            return bool(bucket.cat_file(f"{checkpoints}/{LATEST}").decode().strip() >= f"step-{step:08d}")
+        except FileNotFoundError:
+            return False
+
+    return reached

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from tests.data.shard_folders import write_shard_folder
-from tests.kill import kill_when
+from tests.kill import kill_when, mirrored_at_least
 from tests.servers import free_port, moto_s3_server
 from w2v.cli import app
 from w2v.data.loader import LoaderConfig
@@ -177,14 +177,12 @@ def test_a_preempted_run_resumes_from_the_bucket_on_an_empty_disk_and_ends_on_th
                    "--storage-options", json.dumps(options)]  # fmt: skip
         bucket = s3fs.S3FileSystem(**server.storage_options, skip_instance_cache=True)  # type: ignore[arg-type]
 
-        def second_checkpoint_mirrored() -> bool:
-            bucket.invalidate_cache()
-            try:
-                return bool(bucket.cat_file(f"runs/nightly/checkpoints/{LATEST}").decode().strip() >= "step-00000020")
-            except FileNotFoundError:
-                return False
-
-        kill_when(command, second_checkpoint_mirrored, "second checkpoint in the bucket", env=environment)
+        kill_when(
+            command,
+            mirrored_at_least(bucket, "runs/nightly/checkpoints", 20),
+            "second checkpoint in the bucket",
+            env=environment,
+        )
         # Killed between its second and third checkpoints (else there is nothing left to resume).
         assert bucket.cat_file(f"runs/nightly/checkpoints/{LATEST}").decode().strip() == "step-00000020"
         before = bucket.cat_file("runs/nightly/checkpoints/step-00000020/metrics.jsonl").decode().splitlines()

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from tests.data.shard_folders import write_shard_folder
 from tests.data.test_shard_cache import DiskWatcher
-from tests.kill import kill_when
+from tests.kill import kill_when, mirrored_at_least
 from tests.servers import S3Server, moto_s3_server
 from w2v.cli import app
 from w2v.data.corpus import ShardCorpus
@@ -137,14 +137,12 @@ def test_a_preempted_streaming_run_resumes_from_the_bucket_on_an_empty_disk(
                "--upload-to", "s3://runs/streamed", "--storage-options", json.dumps(options)]  # fmt: skip
     bucket = s3fs.S3FileSystem(**s3.storage_options, skip_instance_cache=True)  # type: ignore[arg-type]
 
-    def second_checkpoint_mirrored() -> bool:
-        bucket.invalidate_cache()
-        try:
-            return bool(bucket.cat_file(f"runs/streamed/checkpoints/{LATEST}").decode().strip() >= "step-00000020")
-        except FileNotFoundError:
-            return False
-
-    kill_when(command, second_checkpoint_mirrored, "second checkpoint in the bucket", env=environment)
+    kill_when(
+        command,
+        mirrored_at_least(bucket, "runs/streamed/checkpoints", 20),
+        "second checkpoint in the bucket",
+        env=environment,
+    )
     assert bucket.cat_file(f"runs/streamed/checkpoints/{LATEST}").decode().strip() == "step-00000020"
     assert list((run / "shard-cache").rglob("*.arrow"))  # it was streaming
     shutil.rmtree(run)  # the machine is gone, and its disk (run folder and shard cache) with it
