@@ -215,6 +215,32 @@ def test_held_out_audio_is_read_once_into_memory_and_matches_the_shards(
         assert np.array_equal(loaded.audio(k), local.audio(original))
 
 
+def test_a_probe_sample_pins_the_fewest_seeded_shards_that_fit_and_lets_them_go(
+    s3: S3Server, shards: Path, tmp_path: Path
+) -> None:
+    from w2v.data.streaming import pinned_sample
+
+    sizes = _shard_bytes(shards)
+    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
+    limit = int(3.5 * max(sizes))
+    cache = make_cache([streamed], StreamingOptions(limit=CacheLimit(bytes=limit)))
+    local = ShardCorpus(shards)
+    try:
+        with pinned_sample(corpus, 0, cache, utterances=None, seed=3) as sample:
+            chosen = np.unique(sample.shard)
+            assert len(chosen) == 3 and cache.cache.pinned_bytes() == sum(sizes[s] for s in chosen) <= limit
+            assert len(sample) == 30 and all((streamed.shards_dir / corpus.paths[s].name).is_file() for s in chosen)
+            in_local = np.flatnonzero(np.isin(local.shard, chosen))
+            assert sample.column("id") == [local.column("id")[k] for k in in_local]
+        assert cache.cache.pinned_bytes() == 0
+        with pinned_sample(corpus, 0, cache, utterances=15, seed=3) as fewer:
+            assert len(np.unique(fewer.shard)) == 2  # 10 utterances a shard
+            assert set(np.unique(fewer.shard)) < set(chosen)  # the same seeded order
+    finally:
+        cache.close()
+
+
 def test_a_cache_limit_the_command_line_cannot_read_fails_in_one_line(config_file: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["pretrain", "--shards", "s3://corpus/night", "--output", str(tmp_path / "run"),
                                  "--config", str(config_file), "--cache-limit", "lots"])  # fmt: skip

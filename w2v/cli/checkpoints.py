@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from w2v.cli.root import VerifyShards, app, console, fail, parse_storage_options
+from w2v.cli.root import (
+    CacheLimitText,
+    StorageOptionsText,
+    VerifyShards,
+    app,
+    console,
+    fail,
+    parse_storage_options,
+    storage_options_from_environment,
+)
 from w2v.errors import W2VError
 
 
@@ -18,8 +27,10 @@ def evaluate(
     shards: Annotated[list[str], typer.Option(help="The shard folders (or URLs) the run trained on.")],
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Where remote shards are staged (default: $W2V_CACHE_DIR or ~/.cache/w2v/shards)."),
+        typer.Option(help="Where remote shards are cached (default: $W2V_CACHE_DIR or ~/.cache/w2v/shards)."),
     ] = None,
+    cache_limit: CacheLimitText = "auto",
+    storage_options: StorageOptionsText = None,
     val_share: Annotated[
         float | None, typer.Option(help="Held-out share of recordings (default: the run's own).")
     ] = None,
@@ -32,7 +43,9 @@ def evaluate(
     verify_shards: VerifyShards = True,
 ) -> None:
     """Validation loss, contrastive accuracy and perplexity on the held-out recordings, as JSON; where the
-    shards carry speaker or label, linear probe accuracy on frozen features ("probe")."""
+    shards carry speaker or label, linear probe accuracy on frozen features ("probe"). Shards at a URL stream
+    through a cache of --cache-limit, read as the run's validation read them."""
+    from w2v.data.streaming import StreamingOptions, parse_cache_limit
     from w2v.train.evaluate import evaluate_checkpoint
     from w2v.train.probe import ProbeConfig
 
@@ -43,9 +56,11 @@ def evaluate(
             model_dir,
             shards,
             cache_dir=cache_dir,
+            storage_options=storage_options_from_environment(parse_storage_options(storage_options)),
             val_share=val_share,
             probe=probe_config,
             verify_shards=verify_shards,
+            streaming=StreamingOptions(limit=parse_cache_limit(cache_limit)),
         )
     except W2VError as error:
         fail(str(error))

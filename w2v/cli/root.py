@@ -93,6 +93,10 @@ def fail(message: str) -> NoReturn:
 StorageOptionsText = Annotated[
     str | None, typer.Option(help='fsspec options without credentials, e.g. \'{"endpoint_url": "http://…"}\'.')
 ]
+CacheLimitText = Annotated[
+    str,
+    typer.Option(help="Local disk for shards from a URL: bytes (500G), a share of the free disk (10%), or auto."),
+]
 
 
 def storage_options_from_environment(options: dict[str, Any] | None) -> dict[str, Any] | None:

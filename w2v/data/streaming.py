@@ -13,11 +13,12 @@ and read locally from then on, one that does not streams in the plan's order.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,32 @@ def load_held_out(
     finally:
         reader.close()
     return held.in_memory(indices, memory, ends)
+
+
+@contextlib.contextmanager
+def pinned_sample(
+    corpus: ShardCorpus, k: int, cache: CorpusCache, utterances: int | None, seed: int
+) -> Iterator[ShardCorpus]:
+    """The utterances of a seeded sample of corpus `k`'s shards, whose shards stay on disk until the block ends:
+    the fewest shards (in a seeded order) that hold `utterances` utterances (None: all), and no more than the
+    cache holds at once (at least one). A local corpus is yielded whole."""
+    if not cache.streamed[k]:
+        yield corpus
+        return
+    present = np.unique(corpus.shard)
+    order = np.random.default_rng([seed, 0x9B0E]).permutation(present)
+    sizes = np.array([cache.cache.shards[int(s) + int(cache.offsets[k])].entry.bytes for s in order], dtype=np.int64)
+    fit = max(int(np.searchsorted(np.cumsum(sizes), cache.cache.limit_bytes, side="right")), 1)
+    if utterances is not None:
+        counts = np.bincount(corpus.shard, minlength=int(present.max()) + 1)[order]
+        fit = min(fit, int(np.searchsorted(np.cumsum(counts), utterances)) + 1)
+    chosen = np.sort(order[:fit])
+    reader = cache.cache.read(iter(chosen.tolist()), lambda shard: [shard + int(cache.offsets[k])], lambda s: s)
+    sample = corpus.subset(np.flatnonzero(np.isin(corpus.shard, chosen)))
+    try:
+        for _ in chosen:  # each pinned as it arrives; not one past the last, which would end the read
+            next(reader)
+        yield sample
+    finally:
+        sample.close_shards()
+        reader.close()

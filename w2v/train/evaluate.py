@@ -6,6 +6,7 @@ same weights give the same numbers and successive ones are comparable. Ranks spl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -19,8 +20,10 @@ import transformers
 from accelerate import Accelerator
 
 from w2v.data.collate import collate
-from w2v.data.corpus import ShardCorpus
+from w2v.data.corpus import ShardCorpus, split_held_out
+from w2v.data.mixture import OpenedCorpora, open_corpora, open_streaming_corpora
 from w2v.data.plan import BatchConfig, plan_batches
+from w2v.data.streaming import STREAM_REMOTE_SHARDS, StreamingOptions, load_held_out, pinned_sample
 from w2v.errors import W2VError
 from w2v.run.seeds import seed_for
 from w2v.ssl.objective import pretraining_objective, pretraining_targets
@@ -119,6 +122,15 @@ def evaluate(
     )
 
 
+def validation_seconds(config: TrainConfig) -> float | None:
+    """About the audio validation reads: max_val_batches full micro-batches (None: no bound)."""
+    if config.max_val_batches is None:
+        return None
+    batch = config.batch
+    per_batch = batch.max_batch_seconds or (batch.max_batch_samples or 0) / batch.sample_rate
+    return config.max_val_batches * per_batch
+
+
 def evaluate_checkpoint(
     model_dir: Path,
     shards: Sequence[str],
@@ -129,6 +141,8 @@ def evaluate_checkpoint(
     val_share: float | None = None,
     probe: ProbeConfig | None = None,
     verify_shards: bool = True,
+    streaming: StreamingOptions | None = STREAM_REMOTE_SHARDS,
+    local_ranks: int = 1,
 ) -> Evaluation:
     """Evaluate a from_pretrained folder on the held-out recordings of `shards` (the run's config, if the
     checkpoint has one beside it, decides the split, the batches and the seed).
@@ -136,11 +150,15 @@ def evaluate_checkpoint(
     With `probe`, also a linear probe for each of speaker and label the shards carry, on the checkpoint and on
     a random initialization of it. Probes use every labelled utterance of `shards`, held out or not: they ask
     what the frozen features encode, and split the utterances themselves. The shards are checked against
-    their manifest first, unless `verify_shards` is False."""
+    their manifest first, unless `verify_shards` is False.
+
+    Shards at a URL stream through a cache in `cache_dir` bounded by `streaming.limit` (shared by
+    `local_ranks` ranks, as in training; None: staged whole) and are read as training's validation reads
+    them: the held-out utterances of the fewest seeded shards that hold max_val_batches of audio (the same
+    numbers as the run's validation at that checkpoint). Their probes use the utterances of the fewest seeded
+    shards holding probe.max_utterances, within what the cache holds at once."""
     from transformers import Wav2Vec2ForPreTraining
 
-    from w2v.data.corpus import split_held_out
-    from w2v.data.mixture import open_corpora
     from w2v.data.staging import default_cache_dir
 
     model_dir = Path(model_dir)
@@ -157,8 +175,27 @@ def evaluate_checkpoint(
     if probe is not None:
         hidden_state_index(model.config, probe.layer)  # a bad layer fails before any work
     # Not inside the checkpoint: a model folder that gets uploaded must not carry a copy of the corpus.
-    corpora, _ = open_corpora(list(shards), cache_dir or default_cache_dir(), storage_options, verify=verify_shards)
-    held_out = [held for _, held in (split_held_out(c, config.val_share) for c in corpora) if held is not None]
+    cache_dir = cache_dir or default_cache_dir()
+    if streaming is None:
+        corpora, _ = open_corpora(list(shards), cache_dir, storage_options, verify=verify_shards)
+        opened = OpenedCorpora(corpora, [], None)
+    else:
+        opened = open_streaming_corpora(list(shards), cache_dir, streaming, storage_options, verify=verify_shards,
+                                        local_ranks=local_ranks)  # fmt: skip
+    try:
+        return _evaluate_opened(model, opened, config, probe)
+    finally:
+        if opened.cache is not None:
+            opened.cache.close()
+
+
+def _evaluate_opened(model: Any, opened: OpenedCorpora, config: TrainConfig, probe: ProbeConfig | None) -> Evaluation:
+    cache = opened.cache
+    held_out = []
+    for k, corpus in enumerate(opened.corpora):
+        held = split_held_out(corpus, config.val_share)[1]
+        if held is not None:
+            held_out.append(load_held_out(held, k, cache, validation_seconds(config), config.seed) if cache else held)
     if not held_out:
         raise W2VError(f"no held-out recordings with val_share={config.val_share}; raise it (--val-share 0.2)")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -166,7 +203,12 @@ def evaluate_checkpoint(
     evaluation = evaluate(accelerator, model, held_out, config.batch, config.seed, config.max_val_batches)
     if probe is None:
         return evaluation
-    probes = probe_against_random_init(
-        accelerator.unwrap_model(model), corpora, seed=config.seed, config=probe, device=accelerator.device
-    )
+    with contextlib.ExitStack() as stack:
+        corpora = opened.corpora
+        if cache is not None:
+            corpora = [stack.enter_context(pinned_sample(c, k, cache, probe.max_utterances, config.seed))
+                       for k, c in enumerate(corpora)]  # fmt: skip
+        probes = probe_against_random_init(
+            accelerator.unwrap_model(model), corpora, seed=config.seed, config=probe, device=accelerator.device
+        )
     return dataclasses.replace(evaluation, probes=probes)

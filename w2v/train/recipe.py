@@ -44,7 +44,7 @@ from w2v.run.schedule import lr_factor
 from w2v.run.state import RunState
 from w2v.ssl.objective import gumbel_temperature
 from w2v.train.config import TrainConfig
-from w2v.train.evaluate import evaluate
+from w2v.train.evaluate import evaluate, validation_seconds
 from w2v.train.presets import build_model, model_config
 from w2v.train.record import log_record, record_warnings, with_lowest_loss
 from w2v.train.step import StepResult, train_step
@@ -178,19 +178,10 @@ def _open_data(config: TrainConfig, shards: list[str], cache: Path, storage_opti
         advice = window_advice(opened.cache.cache.limit_bytes, sizes, config.batch.shuffle_window_shards)
         if advice and accelerator.is_main_process:
             logger.warning("%s", advice)
-        budget = _validation_seconds(config)
+        budget = validation_seconds(config)
         held_out = [load_held_out(held, k, opened.cache, budget, config.seed) for k, (_, held) in enumerate(splits)
                     if held is not None]  # fmt: skip
     return _Data([train for train, _ in splits], opened.weights, held_out, opened.cache)
-
-
-def _validation_seconds(config: TrainConfig) -> float | None:
-    """About the audio validation reads: max_val_batches full micro-batches (None: no bound)."""
-    if config.max_val_batches is None:
-        return None
-    batch = config.batch
-    per_batch = batch.max_batch_seconds or (batch.max_batch_samples or 0) / batch.sample_rate
-    return config.max_val_batches * per_batch
 
 
 @contextlib.contextmanager
