@@ -1,13 +1,14 @@
 """pretrain: prepared shards → a pretrained wav2vec 2.0 checkpoint, evaluated and uploaded.
 
-stage shards (remote ones into a local cache; every shard checked against its manifest) → train
-(`accelerate launch` as a subprocess, its log streamed into the flow run; a retry resumes from the newest
-checkpoint) → evaluate the best model on the held-out recordings → upload it (a local folder by default)
-→ publish a training report."""
+check local shard folders against their manifests → train (`accelerate launch` as a subprocess, its log
+streamed into the flow run; shards at a URL stream through a bounded cache, each checked as it arrives; a
+retry resumes from the newest checkpoint) → evaluate the best model on the held-out recordings → upload it
+(a local folder by default) → publish a training report."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess, StorageOptions
-from flows.tasks import TRAINING_TAG, accelerate_launch, stage, train, upload
+from flows.tasks import TRAINING_TAG, accelerate_launch, check_local, train, upload
 from w2v.atomic import write_bytes_atomic, write_text_atomic
+from w2v.data.streaming import StreamingOptions, parse_cache_limit
 from w2v.errors import W2VError
 from w2v.run.checkpoint import BEST, complete_checkpoints
 from w2v.run.metrics import read_metrics
@@ -29,16 +31,32 @@ from w2v.train.report import training_plot_png, training_report_markdown
 REPORT = "report.md"
 EVALUATION = "evaluation.json"
 CURVES = "learning-curves.png"
+SHARD_CACHE = "shard-cache"
+
+
+@dataclass(frozen=True)
+class DataAccess:
+    """How the run reaches its shards: storage, the streaming cache (shared by `local_ranks` ranks of a node,
+    as training shares it), and whether local folders are checked."""
+
+    storage: StorageAccess
+    streaming: StreamingOptions
+    local_ranks: int = 1
+    verify: bool = True
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_best(model_dir: Path, shards: list[str], run_dir: Path, verify_shards: bool = True) -> dict[str, Any]:
+def evaluate_best(model_dir: Path, shards: list[str], run_dir: Path, data: DataAccess) -> dict[str, Any]:
     """The checkpoint on the held-out recordings ({} when there are none), also written to RUN/evaluation.json
     as `w2v evaluate` prints it, with the checkpoint it scored."""
     try:
-        # With linear probes on the speaker and label columns, where the shards carry them. The shards are
-        # on record as checked by the stage task: checking them again costs a stat per shard.
-        evaluation = evaluate_checkpoint(model_dir, shards, probe=ProbeConfig(), verify_shards=verify_shards)
+        # With linear probes on the speaker and label columns, where the shards carry them. Local shards are on
+        # record as checked by now: checking them again costs a stat per shard. Shards at a URL stream through
+        # the run's cache, as training's validation read them.
+        evaluation = evaluate_checkpoint(
+            model_dir, shards, probe=ProbeConfig(), verify_shards=data.verify, cache_dir=run_dir / SHARD_CACHE,
+            storage_options=data.storage.options(), streaming=data.streaming, local_ranks=data.local_ranks,
+        )  # fmt: skip
     except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
         get_run_logger().warning("no evaluation: %s", error)
         return {}
@@ -77,6 +95,7 @@ def pretrain_flow(
     loader_workers: int = 2,
     concurrency_tag: str = TRAINING_TAG,
     verify_shards: bool = True,
+    cache_limit: str = "auto",
 ) -> dict[str, Any]:
     """Pretrain on SHARDS into OUTPUT (or OUTPUT/RUN_NAME), evaluate, and upload the best (else the last)
     checkpoint. A run folder with checkpoints is resumed from its newest one, over the shards as they are now.
@@ -88,22 +107,27 @@ def pretrain_flow(
     `accelerate_config` is an Accelerate config file (configs/accelerate/); with `num_processes` > 1 and none
     given, one DDP rank per process. Training runs under the task tag `concurrency_tag`: a concurrency limit
     of 1 on it (`w2v serve` sets one) keeps one training at a time on a machine. Every shard is checked
-    against its manifest (size, sha256) before training, once per file state; `verify_shards=False` skips
-    that (fast, unsafe). `storage_options` are fsspec options without credentials; those come from the
+    against its manifest (size, sha256) before its first use, a local one once per file state;
+    `verify_shards=False` skips that for local folders (fast, unsafe). Shards at a URL are fetched as the
+    batch plan needs them into RUN/shard-cache, whose disk use `cache_limit` bounds (bytes such as 500G, a
+    share of the free disk such as 10%, or auto: the corpus if it fits in half the free disk, else that
+    half). `storage_options` are fsspec options without credentials; those come from the
     environment or from the Prefect Secret block named `credentials_block`, loaded inside the tasks.
     """
     storage = StorageAccess(storage_options, credentials_block).check()  # no credentials in storage_options
+    streaming = StreamingOptions(limit=parse_cache_limit(cache_limit))  # a bad limit fails before any work
+    data = DataAccess(storage, streaming, num_processes, verify_shards)
     run_dir = Path(output) / run_name if run_name else Path(output)
-    staged = stage(shards, run_dir / "shard-cache", storage, verify_shards)
+    check_local(shards, verify_shards)
     extra = [*(overrides or []), *([f"max_hours={max_hours}"] if max_hours is not None else [])]
     command = training_command(
-        staged, run_dir, config, extra, num_processes, accelerate_config, loader_workers,
-        verify_shards=verify_shards, upload_to=upload_to,
+        shards, run_dir, config, extra, num_processes, accelerate_config, loader_workers,
+        verify_shards=verify_shards, upload_to=upload_to, cache_limit=cache_limit,
     )  # fmt: skip
     with tags(concurrency_tag):
         train(command, storage)
     published = run_dir / BEST if (run_dir / BEST).is_dir() else _last_checkpoint(run_dir)
-    evaluation = evaluate_best(published / "model", staged, run_dir, verify_shards)
+    evaluation = evaluate_best(published / "model", shards, run_dir, data)
     destination = f"{upload_to.rstrip('/')}/{BEST}" if upload_to else str(run_dir / "uploaded" / published.name)
     uploaded = upload(published, destination, storage)
     report = publish_report(run_dir, {"evaluation of " + published.name: evaluation, "uploaded to": uploaded["url"]})
@@ -128,9 +152,11 @@ def training_command(
     *,
     verify_shards: bool = True,
     upload_to: str | None = None,
+    cache_limit: str = "auto",
 ) -> list[str]:
     accelerate = accelerate_launch(num_processes, accelerate_config)
-    command = [*accelerate, "-m", "w2v", "pretrain", "--output", str(run_dir), "--workers", str(loader_workers)]
+    command = [*accelerate, "-m", "w2v", "pretrain", "--output", str(run_dir), "--workers", str(loader_workers),
+               "--cache-dir", str(run_dir / SHARD_CACHE), "--cache-limit", cache_limit]  # fmt: skip
     for shard in shards:
         command += ["--shards", shard]
     if config:

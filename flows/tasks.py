@@ -1,4 +1,4 @@
-"""Tasks more than one flow runs: stage shards, train (or fine-tune) in `accelerate launch` subprocesses,
+"""Tasks more than one flow runs: stage (or check) shards, train (or fine-tune) in `accelerate launch` subprocesses,
 upload a checkpoint; and the one builder of the `accelerate launch` command line."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.credentials import StorageAccess
 from flows.retries import retry_unless_permanent
+from w2v.data.integrity import check_local_shards
 from w2v.data.mixture import parse_shards_arg
-from w2v.data.staging import stage_shards
+from w2v.data.staging import default_records_dir, stage_shards
 from w2v.errors import W2VError
-from w2v.storage import STORAGE_OPTIONS_ENV
+from w2v.storage import STORAGE_OPTIONS_ENV, is_url
 from w2v.upload import upload_folder
 
 TRAINING_TAG = "w2v-training"
@@ -46,6 +47,19 @@ def stage(shards: list[str], cache_dir: Path, storage: StorageAccess, verify: bo
             get_run_logger().info("%s: %d bytes of shards checked against the manifest", arg, result.hashed_bytes)
         staged.append(f"{result.folder}:{parsed.weight}")
     return staged
+
+
+@task(name="check-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
+      retry_condition_fn=retry_unless_permanent)  # fmt: skip
+def check_local(shards: list[str], verify: bool = True) -> None:
+    """Check every local folder among the --shards arguments against its manifest (training and evaluation
+    then find it on record); a URL is left to training, which streams it and checks each shard on arrival."""
+    for arg in shards:
+        location = parse_shards_arg(arg).location
+        if verify and not is_url(location):
+            hashed = check_local_shards(Path(location), default_records_dir()).hashed_bytes
+            if hashed:
+                get_run_logger().info("%s: %d bytes of shards checked against the manifest", arg, hashed)
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)

@@ -1,5 +1,5 @@
 """`w2v pretrain` (the training loop in this process, or one rank of it) and `w2v pipeline` (the whole
-pretrain flow: stage, train, evaluate, upload, report)."""
+pretrain flow: check, train, evaluate, upload, report)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 
 from w2v.cli.progress import training_progress
 from w2v.cli.root import (
+    CacheLimitText,
     CredentialsBlock,
     StorageOptionsText,
     VerifyShards,
@@ -42,10 +43,7 @@ def pretrain(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Where shards from a URL are cached (default RUN/shard-cache).")
     ] = None,
-    cache_limit: Annotated[
-        str,
-        typer.Option(help="Local disk for shards from a URL: bytes (500G), a share of the free disk (10%), or auto."),
-    ] = "auto",
+    cache_limit: CacheLimitText = "auto",
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
     verify_shards: VerifyShards = True,
     upload_to: Annotated[
@@ -119,11 +117,12 @@ def pipeline(
         str | None, typer.Option(help="An Accelerate config file (configs/accelerate/).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
+    cache_limit: CacheLimitText = "auto",
     storage_options: StorageOptionsText = None,
     credentials_block: CredentialsBlock = None,
     verify_shards: VerifyShards = True,
 ) -> None:
-    """The pretrain flow, as the nightly deployment runs it: stage → train → evaluate → upload → report."""
+    """The pretrain flow, as the nightly deployment runs it: check → train → evaluate → upload → report."""
     options = parse_storage_options(storage_options)
     with prefect_api() as api:  # a temporary server starts beside the import below
         from flows.pretrain import pretrain_flow
@@ -140,6 +139,7 @@ def pipeline(
             accelerate_config=accelerate_config,
             upload_to=upload_to,
             loader_workers=workers,
+            cache_limit=cache_limit,
             verify_shards=verify_shards,
             storage_options=options,
             credentials_block=credentials_block,
