@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -179,6 +180,29 @@ def test_shards_left_by_an_earlier_run_are_used_without_fetching(tmp_path: Path)
     again.close()
     assert again.stats().fetches == 0
     assert not (tmp_path / "cache" / "s003.arrow.part").exists()
+
+
+def test_a_cached_shard_changed_on_disk_is_hashed_again_and_fetched_again_when_damaged(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 3)
+    cache = make_cache(tmp_path, entries, limit=3 * SIZE)
+    read_all(cache, cyclic(3, 1))
+    cache.close()
+    damaged, rewritten = tmp_path / "cache" / "s000.arrow", tmp_path / "cache" / "s001.arrow"
+    stat = damaged.stat()
+    data = bytearray(damaged.read_bytes())
+    data[SIZE // 2] ^= 0xFF  # one bit flipped, same size, mtime put back: only the ctime tells
+    damaged.write_bytes(bytes(data))
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rewritten.write_bytes(rewritten.read_bytes())  # written again, same bytes: hashed, kept
+    again = make_cache(tmp_path, entries, limit=3 * SIZE)
+    read_all(again, cyclic(3, 1))
+    again.close()
+    assert again.stats().fetches == 1  # the damaged one only
+    assert damaged.read_bytes() == (tmp_path / "store" / "s000.arrow").read_bytes()
+    third = make_cache(tmp_path, entries, limit=3 * SIZE)  # both checked now: nothing hashed or fetched
+    read_all(third, cyclic(3, 1))
+    third.close()
+    assert third.stats().fetches == 0
 
 
 def test_a_store_that_fails_for_a_moment_is_retried(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -29,12 +30,14 @@ from typing import Any, Generic, TypeVar
 
 from w2v.data.eviction import POLICIES
 from w2v.data.shard_fetch import CacheError, RemoteShard, fetch_with_retries
-from w2v.data.staging import VERIFIED_SUFFIX
+from w2v.data.staging import VERIFIED_SUFFIX, marker_state, write_marker
 from w2v.errors import W2VError
 from w2v.shards.manifest import StoredFile
+from w2v.shards.table import sha256_file
 
 __all__ = ["CacheError", "CacheStats", "RemoteShard", "ShardCache"]
 T = TypeVar("T")
+logger = logging.getLogger("w2v.data")
 NEVER = float("inf")  # the next use of a shard the lookahead has not reached
 MAX_LOOKAHEAD_ITEMS = 1 << 14
 LOOKAHEAD_LIMITS = 4
@@ -447,8 +450,9 @@ class ShardCache:
             self._lock.notify_all()
 
     def _adopt_local_files(self) -> None:
-        """Shards a run before this one left checked in the folder count as cached (up to the limit);
-        parts of interrupted transfers are removed (their bytes were never reserved)."""
+        """Shards a run before this one left checked in the folder count as cached (up to the limit); one
+        written since its check is hashed again, and fetched again if damaged. Parts of interrupted transfers
+        are removed (their bytes were never reserved)."""
         for key, slot in enumerate(self._slots):
             local = slot.shard.local
             local.with_name(local.name + ".part").unlink(missing_ok=True)
@@ -457,7 +461,7 @@ class ShardCache:
                 marker.unlink(missing_ok=True)
                 continue
             fits = self._used + slot.shard.entry.bytes <= self.limit_bytes
-            if fits and _marked(local, marker, slot.shard.entry):
+            if fits and _intact(local, slot.shard.entry):
                 slot.state = "ready"
                 self._ready.add(key)
                 self._used += slot.shard.entry.bytes
@@ -466,8 +470,15 @@ class ShardCache:
                 marker.unlink(missing_ok=True)
 
 
-def _marked(local: Path, marker: Path, entry: StoredFile) -> bool:
-    try:
-        return local.stat().st_size == entry.bytes and marker.read_text().strip() == entry.sha256
-    except OSError:
+def _intact(local: Path, entry: StoredFile) -> bool:
+    """Whether a cached shard can be read as it is: checked on arrival and unchanged since, or hashed again now
+    and found to match the manifest (its marker then records the new state)."""
+    state = marker_state(local, entry)
+    if state != "changed":
+        return state == "unchanged"
+    if sha256_file(local) != entry.sha256:
+        logger.warning("%s: changed on disk since it was fetched and no longer matches its sha256; fetching it "
+                       "again", local)  # fmt: skip
         return False
+    write_marker(local, entry.sha256)
+    return True

@@ -137,7 +137,7 @@ def fetch_shard(fs: Any, remote: str, target: Path, entry: StoredFile, location:
         digest = sha256_file(part)
         if part.stat().st_size == entry.bytes and digest == entry.sha256:
             os.replace(part, target)
-            target.with_name(target.name + VERIFIED_SUFFIX).write_text(entry.sha256 + "\n")
+            write_marker(target, entry.sha256)
             return fetched
     part.unlink(missing_ok=True)
     raise ShardError(
@@ -160,8 +160,31 @@ def _download(fs: Any, remote: str, part: Path) -> int:
     return fetched
 
 
-def _marked(target: Path, entry: StoredFile) -> bool:
-    """Whether an earlier staging fetched and checked `target` (its marker names the manifest's sha256)."""
+def write_marker(target: Path, sha256: str) -> None:
+    """Record beside `target` that it was checked: its sha256 and the file state it had then (size, st_mtime_ns,
+    st_ctime_ns; any write or rename since changes the ctime, which nobody can set)."""
+    stat = target.stat()
     marker = target.with_name(target.name + VERIFIED_SUFFIX)
-    size = target.stat().st_size if target.exists() else None
-    return marker.exists() and marker.read_text().strip() == entry.sha256 and size == entry.bytes
+    marker.write_text(f"{sha256} {stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns}\n")
+
+
+def marker_state(target: Path, entry: StoredFile) -> str:
+    """'unchanged' when `target`'s marker names the manifest's sha256 and the file is in the state it was
+    checked in; 'changed' when the marker names that sha256 but the file was written since (or the marker
+    predates file states): its bytes must be hashed again before they are trusted; 'absent' otherwise."""
+    marker = target.with_name(target.name + VERIFIED_SUFFIX)
+    try:
+        fields = marker.read_text().split()
+        stat = target.stat()
+    except OSError:
+        return "absent"
+    if not fields or fields[0] != entry.sha256 or stat.st_size != entry.bytes:
+        return "absent"
+    state = [str(stat.st_size), str(stat.st_mtime_ns), str(stat.st_ctime_ns)]
+    return "unchanged" if fields[1:] == state else "changed"
+
+
+def _marked(target: Path, entry: StoredFile) -> bool:
+    """Whether an earlier staging fetched and checked `target` (its marker names the manifest's sha256; a
+    staging with `verify` then checks the file at rest)."""
+    return marker_state(target, entry) != "absent"
