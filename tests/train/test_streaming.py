@@ -29,6 +29,7 @@ from w2v.data.plan import BatchConfig
 from w2v.data.streaming import CacheLimit, StreamingOptions, make_cache, open_streamed
 from w2v.errors import W2VError
 from w2v.run.checkpoint import complete_checkpoints
+from w2v.run.harness import StepReport
 from w2v.run.metrics import read_metrics
 from w2v.run.mirror import LATEST
 from w2v.shards.manifest import read_manifest
@@ -152,6 +153,36 @@ def test_a_preempted_streaming_run_resumes_from_the_bucket_on_an_empty_disk(
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_weights(run, local_run)
     assert [r["step"] for r in read_metrics(run) if "contrastive_loss" in r] == [5, 10, 15, 20, 25, 30]
+
+
+def test_a_bucket_gone_mid_run_stops_it_at_its_last_update_and_the_rerun_ends_on_the_local_weights(
+    s3: S3Server, shards: Path, config_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    bucket = s3fs.S3FileSystem(**s3.storage_options)  # type: ignore[arg-type]
+    names = [path.name for path in shards.iterdir()]
+    for name in names:
+        bucket.put(str(shards / name), f"corpus/gone/{name}")
+    limit = int(0.35 * sum(_shard_bytes(shards)))  # 4 of 12 shards: the rest of the epoch must be fetched
+    config, run = TrainConfig.from_yaml(config_file), tmp_path / "run"
+
+    def unplug(report: StepReport) -> None:  # the bucket's shards go away after update 12
+        if report.step == 12:
+            bucket.rm([f"corpus/gone/{name}" for name in names if name.startswith("b00-")])
+
+    with pytest.raises(W2VError) as stopped:
+        pretrain(config, ["s3://corpus/gone"], run, storage_options=s3.storage_options, on_step=unplug,
+                 loader=LoaderConfig(num_workers=0),
+                 streaming=StreamingOptions(limit=CacheLimit(bytes=limit), retry_seconds=1.0))  # fmt: skip
+    message = str(stopped.value)
+    saved = complete_checkpoints(run)[-1]
+    assert "\n" not in message and "s3://corpus/gone/b00-" in message and "could not be fetched for 1 s" in message
+    assert f"the run stopped at {saved}" in message
+    assert int(saved.name.removeprefix("step-")) >= 12  # the last update, not the periodic checkpoint at 10
+    for name in names:
+        bucket.put(str(shards / name), f"corpus/gone/{name}")
+    pretrain(config, ["s3://corpus/gone"], run, storage_options=s3.storage_options, loader=LoaderConfig(num_workers=0),
+             streaming=StreamingOptions(limit=CacheLimit(bytes=limit)))  # fmt: skip
+    _assert_same_weights(run, local_run)
 
 
 def test_a_loader_dropped_midway_releases_the_shards_its_batches_held(

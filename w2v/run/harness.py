@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import torch
 import transformers
@@ -35,6 +35,7 @@ from w2v.run.memory import OutOfMemory, clear_marker, marker_split, release_memo
 from w2v.run.metrics import MetricsLog
 from w2v.run.mirror import CheckpointMirror, MirrorConfig, MirrorError, bring_back_newest
 from w2v.run.state import RunState
+from w2v.run.update import DataUnavailable
 
 logger = logging.getLogger("w2v.run")
 ABANDON_WAIT_SECONDS = 600.0  # how long a failing run waits for its last checkpoint to reach the bucket
@@ -131,6 +132,10 @@ class StepBatches:
     def update_done(self, state_after: dict[str, Any]) -> None:
         self._start = StreamState.from_dict(state_after)
 
+    def resume_state(self) -> dict[str, Any] | None:
+        """The loader state the current update began at (None: the run's start), to checkpoint it."""
+        return self._start.to_dict() if self._start is not None else None
+
     def reopen(self, split: int) -> None:
         """Read the current update again from its start, each planned micro-batch in `split` pieces."""
         del self._batches
@@ -161,6 +166,7 @@ class Run:
     def __init__(self, accelerator: Accelerator, spec: RunSpec) -> None:
         self.accelerator, self.spec = accelerator, spec
         self.last_checkpoint: Path | None = None
+        self._saved_step: int | None = None  # the step of last_checkpoint
         self.metrics: MetricsLog | None = None
         self._mirror: CheckpointMirror | None = None
         if spec.mirror is not None and accelerator.is_main_process:
@@ -182,6 +188,7 @@ class Run:
             state = RunState.from_tracking(restored.step, restored.tracking)
             loader_state, metrics = restored.loader_state, dict(restored.metrics)
         self.last_checkpoint = checkpoint
+        self._saved_step = state.step if checkpoint is not None else None
         if self.accelerator.is_main_process:
             self.metrics = MetricsLog(self.spec.folder, state.step if checkpoint is not None else None)
         # A multi-process run that ran out of memory asked for smaller pieces (RUN/oom.json).
@@ -229,11 +236,21 @@ class Run:
         self.last_checkpoint = save_checkpoint(
             self.accelerator, model, spec.folder, saved, spec.sample_rate, spec.keep_last, spec.save_extra
         )
+        self._saved_step = state.step
         if self.accelerator.is_main_process:
             clear_marker(spec.folder)  # the checkpoint holds the split now
         if spec.mirror is not None:  # an earlier upload that failed for good stops the run here, saved
             self._everywhere(self._submit_to_mirror)
         return self.last_checkpoint
+
+    def stop_for_data(self, model: Any, state: RunState, batches: StepBatches, error: DataUnavailable) -> NoReturn:
+        """After `error` (every rank): checkpoint the last completed update, unless one holds it already, then
+        raise a W2VError saying what failed and where the run goes on from (the same command resumes)."""
+        loader_state = batches.resume_state()
+        if loader_state is not None and state.step != self._saved_step:
+            self.checkpoint(model, state, loader_state, {})
+        where = f"stopped at {self.last_checkpoint}" if self.last_checkpoint is not None else "saved no checkpoint"
+        raise W2VError(f"{error}; the run {where}: run the same command again to resume") from error
 
     def save_best(self, model: Any, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> Path:
         """RUN/best: this step's model, the best by validation so far."""

@@ -8,6 +8,11 @@ micro-batches and ranks are known (pretraining normalizes by the masked frames o
 A step takes `accumulation` planned micro-batches; after an out-of-memory step the loader delivers each as
 several pieces (w2v.run.memory), and the step takes all the pieces of its micro-batches. Running out of
 memory raises OutOfMemory with the gradients cleared, for the loop to retry the step in smaller pieces.
+
+A micro-batch the loader cannot deliver (a shard that cannot be fetched or read: a W2VError) raises
+DataUnavailable with the gradients cleared, on every rank at once: before each forward pass the ranks agree
+that all of them hold their micro-batch (one scalar all-reduce), so no rank is left waiting in a collective
+for one that stopped. The loop can then save the last completed update and stop.
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from w2v.data.collate import Batch
+from w2v.errors import W2VError
 from w2v.run.memory import OutOfMemory, check_simulated_limit, is_out_of_memory
+
+
+class DataUnavailable(W2VError):
+    """A rank could not get its next micro-batch; raised on every rank, naming what failed."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,16 @@ def guarded_update(
     positions = 0  # planned micro-batches done; each may come in pieces
     while positions < accumulation:
         waited = time.perf_counter()
-        batch = next(batches).to(device)
+        try:
+            delivered: Batch | None = next(batches).to(device)
+            failure = None
+        except W2VError as error:  # a shard that cannot be fetched or read
+            delivered, failure = None, str(error)
+        failure = _failure_anywhere(accelerator, failure)
+        if failure is not None or delivered is None:
+            optimizer.zero_grad(set_to_none=True)
+            raise DataUnavailable(failure or "no micro-batch")
+        batch = delivered
         data_seconds += time.perf_counter() - waited
         last_piece = batch.piece == batch.pieces - 1
         last = positions == accumulation - 1 and last_piece
@@ -115,3 +135,15 @@ def guarded_update(
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return Update(totals, grad_norm, skipped, audio, data_seconds, time.perf_counter() - started, state)
+
+
+def _failure_anywhere(accelerator: Accelerator, failure: str | None) -> str | None:
+    """Every rank states whether it holds its micro-batch (`failure` None) or not; the first failing rank's
+    message on every rank when any does not, else None."""
+    if accelerator.num_processes == 1:
+        return failure
+    flag = torch.tensor([0.0 if failure is None else 1.0], device=accelerator.device)
+    if float(accelerator.reduce(flag, reduction="sum")) == 0:
+        return None
+    failures = gather_object([failure])  # only once some rank failed: a rarer, slower collective
+    return next(message for message in failures if message is not None)

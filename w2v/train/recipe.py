@@ -42,6 +42,7 @@ from w2v.run.harness import (
 from w2v.run.mirror import MirrorConfig
 from w2v.run.schedule import lr_factor
 from w2v.run.state import RunState
+from w2v.run.update import DataUnavailable
 from w2v.ssl.objective import gumbel_temperature
 from w2v.train.config import TrainConfig
 from w2v.train.evaluate import evaluate, validation_seconds
@@ -89,7 +90,8 @@ def pretrain(
     command line draws its progress bar with it). Every shard is checked against its
     manifest before step 1 (`verify_shards=False` skips it: fast and unsafe). With `mirror`, every
     checkpoint also goes to a bucket as it is written, and `resume="auto"` also looks there. Raises W2VError
-    when the run diverges past its rollbacks, a single utterance does not fit in memory, or the mirror fails.
+    when the run diverges past its rollbacks, a single utterance does not fit in memory, the mirror fails, or
+    a shard cannot be fetched or read (after checkpointing the last completed update).
     Shards at a URL are streamed through a cache in `cache_dir` bounded by `streaming.limit` (None: staged
     whole before step 1)."""
     started, run_dir = time.monotonic(), Path(run_dir)
@@ -116,7 +118,10 @@ def pretrain(
             stopped_by = None
             while state.step < config.max_steps:
                 temperature = _set_temperature(accelerator, model, config, state.step)
-                state, result = run.guarded_step(state, batches, update, scheduler)
+                try:
+                    state, result = run.guarded_step(state, batches, update, scheduler)
+                except DataUnavailable as error:  # a shard that cannot be fetched or read: save, then stop
+                    run.stop_for_data(model, state, batches, error)
                 if result is None:  # to be redone in smaller pieces, or rolled back to a checkpoint
                     window = [(step, r) for step, r in window if step <= state.step]
                     continue
