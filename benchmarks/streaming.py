@@ -6,7 +6,10 @@ behind a proxy that adds `--latency-ms` to every request and shares `--mbps` of 
 the figures resemble a real bucket's. The tiny preset trains for `--epochs` epochs of it, once from the
 local folder (the anchor) and then streamed, for a cache of 5, 10, 25 and 100 % of the corpus, with
 plan-aware (Belady) and LRU eviction. The shuffle window is the largest that leaves the cache two windows
-(a full shuffle at 100 %): the knob a user would set for that cache. For each:
+(a full shuffle at 100 %): the knob a user would set for that cache. Rows with "shuffle": "full" train with
+no window at `--full-shuffle-shares` (50 %: at 25 % the shards of the batches in flight, ~14, exceed the cache),
+where a cache smaller than the corpus refetches shards all epoch long and the eviction rule decides how
+often. For each:
 
   throughput_vs_local  audio seconds trained per second (median over log intervals) / the same for the same
                        run on the local folder, run just before it
@@ -17,7 +20,7 @@ plan-aware (Belady) and LRU eviction. The shuffle window is the largest that lea
   speaker_mixing       the same for distinct speakers
 
 Usage: python benchmarks/streaming.py [--quick] [--shards 50] [--rows-per-shard 24] [--epochs 2]
-                                      [--latency-ms 50] [--mbps 200]
+                                      [--latency-ms 50] [--mbps 200] [--full-shuffle-shares 0.5]
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from w2v.train.config import TrainConfig
 from w2v.train.recipe import pretrain
 
 CACHE_SHARES = (0.05, 0.1, 0.25, 1.0)
+FULL_SHUFFLE_SHARES = (0.5,)
 POLICIES = ("plan", "lru")
 MIXING_BATCHES = 16
 SPEAKER_RUN = 25  # consecutive recordings per speaker
@@ -216,11 +220,13 @@ def main() -> dict[str, Any]:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--mbps", type=float, default=200.0, help="bandwidth, megabytes per second")
+    parser.add_argument("--full-shuffle-shares", type=float, nargs="*", default=list(FULL_SHUFFLE_SHARES))
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 shards, 0.5 epochs, 10 and 100 %%")
     args = parser.parse_args()
-    shares: tuple[float, ...] = CACHE_SHARES
+    settings: list[tuple[float, str]] = [(share, "full") for share in args.full_shuffle_shares if share < 1.0]
+    settings += [(share, "window") for share in CACHE_SHARES]
     if args.quick:
-        args.shards, args.epochs, shares = 20, 0.5, (0.1, 1.0)
+        args.shards, args.epochs, settings = 20, 0.5, [(0.1, "window"), (1.0, "window")]
     logging.disable(logging.WARNING)  # the tiny model's health warnings are not the subject here
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="w2v-streaming-bench-"))
@@ -237,21 +243,24 @@ def main() -> dict[str, Any]:
                 bucket.put(str(path), f"bench/corpus/{path.name}")
             with slow_proxy(s3.endpoint_url, args.latency_ms / 1000, args.mbps * 1e6) as endpoint:
                 options = {**s3.storage_options, "endpoint_url": endpoint}
-                for share in shares:
-                    window = window_for(share, args.shards)
+                for share, shuffle in settings:
+                    window = window_for(share, args.shards) if shuffle == "window" else None
                     steps = max(10, round(args.epochs * batches_per_epoch(corpus, window)))  # val_share 0: all
                     shard_mix, speaker_mix = mixing(corpus, window, CONFIG["seed"])
                     for policy in POLICIES:
                         # The anchor runs just before, on the same input: on a shared machine the speed drifts
                         # over minutes, and an anchor taken once per window moved the ratio by ±15 %.
-                        local = train([str(folder)], work / f"local-{share}-{policy}", steps, window)
-                        run = work / f"stream-{share}-{policy}"
+                        name = f"{share}-{shuffle}-{policy}"
+                        local = train([str(folder)], work / f"local-{name}", steps, window)
+                        run = work / f"stream-{name}"
                         streaming = StreamingOptions(limit=CacheLimit(bytes=int(share * corpus_bytes)), policy=policy)
                         got = train(["s3://bench/corpus"], run, steps, window, storage_options=options,
-                                    streaming=streaming, cache_dir=work / f"cache-{share}-{policy}")  # fmt: skip
+                                    streaming=streaming, cache_dir=work / f"cache-{name}")  # fmt: skip
+                        print(json.dumps({"setting": name, **got}), file=sys.stderr, flush=True)
                         results.append({
                             "cache_share": share,
                             "policy": policy,
+                            "shuffle": "full" if window is None else "window",
                             "shuffle_window_shards": window,
                             "steps": steps,
                             "throughput_vs_local": round(got["audio_seconds_per_second"]
@@ -264,7 +273,8 @@ def main() -> dict[str, Any]:
                             "speaker_mixing": round(speaker_mix / full_speakers, 3),
                         })  # fmt: skip
                         shutil.rmtree(run)
-                        shutil.rmtree(work / f"local-{share}-{policy}")
+                        shutil.rmtree(work / f"local-{name}")
+                        shutil.rmtree(work / f"cache-{name}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
