@@ -27,6 +27,7 @@ from w2v.run.mirror import (
     LATEST,
     MirrorConfig,
     MirrorError,
+    bring_back_best,
     bring_back_newest,
     fetch_checkpoint,
     publish_checkpoint,
@@ -75,6 +76,10 @@ def mirrored(shards: Path, config_file: Path, tmp_path_factory: pytest.TempPathF
     config = TrainConfig.from_yaml(config_file)
     pretrain(config, [str(shards)], run, loader=LoaderConfig(num_workers=0), mirror=mirror)
     return run, bucket
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in folder.rglob("*") if p.is_file()}
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -200,6 +205,23 @@ def test_a_preempted_run_resumes_from_the_bucket_on_an_empty_disk_and_ends_on_th
     assert [r["step"] for r in read_metrics(run)] == [5, 10, 15, 20, 25, 30]  # the curve survived the machine
     # Steps 1-20 were not trained again: their records (wall-clock throughput included) are the killed run's.
     assert (run / "metrics.jsonl").read_text().splitlines()[:4] == before
+
+
+def test_the_best_model_is_mirrored_and_a_successor_that_lost_it_brings_it_back(shards: Path, tmp_path: Path) -> None:
+    path = tmp_path / "validated.yaml"
+    path.write_text(CONFIG.replace("max_steps: 30", "max_steps: 20") + "val_share: 0.3\neval_every: 10\n")
+    config, run, bucket = TrainConfig.from_yaml(path), tmp_path / "run", tmp_path / "bucket" / "nightly"
+    mirror = MirrorConfig(str(bucket), retry=FAST)
+    pretrain(config, [str(shards)], run, loader=LoaderConfig(num_workers=0), mirror=mirror)
+    local = _hashes(run / "best")
+    listed = json.loads((bucket / "best" / MARKER).read_text())["files"]
+    assert {name: entry["sha256"] for name, entry in listed.items()} == local
+    shutil.rmtree(run)  # the machine is gone, RUN/best with it
+    pretrain(config, [str(shards)], run, loader=LoaderConfig(num_workers=0), mirror=mirror)  # resumes at 20
+    assert _hashes(run / "best") == local
+    # A best newer than the checkpoint resumed belongs to a history the run replaced: left in the bucket.
+    assert bring_back_best(mirror, tmp_path / "older", step=5) is None
+    assert not (tmp_path / "older" / "best").exists()
 
 
 def test_bad_storage_options_for_the_mirror_fail_in_one_line_without_repeating_a_secret(

@@ -33,7 +33,7 @@ from w2v.run.config import StepGuards
 from w2v.run.guards import needs_rollback, roll_back, smaller_micro_batches
 from w2v.run.memory import OutOfMemory, clear_marker, marker_split, release_memory
 from w2v.run.metrics import MetricsLog
-from w2v.run.mirror import CheckpointMirror, MirrorConfig, MirrorError, bring_back_newest
+from w2v.run.mirror import CheckpointMirror, MirrorConfig, MirrorError, bring_back_best, bring_back_newest
 from w2v.run.state import RunState
 from w2v.run.update import DataUnavailable
 
@@ -185,6 +185,8 @@ class Run:
         state, loader_state, metrics = RunState(), None, {}
         if checkpoint is not None:
             restored = load_checkpoint(self.accelerator, checkpoint)
+            if mirror is not None:  # RUN/best went with the machine: the bucket's, if this history's
+                self._everywhere(lambda: bring_back_best(mirror, self.spec.folder, restored.step))
             state = RunState.from_tracking(restored.step, restored.tracking)
             loader_state, metrics = restored.loader_state, dict(restored.metrics)
         self.last_checkpoint = checkpoint
@@ -255,7 +257,10 @@ class Run:
     def save_best(self, model: Any, state: RunState, loader_state: dict[str, Any], metrics: dict[str, Any]) -> Path:
         """RUN/best: this step's model, the best by validation so far."""
         saved = self._trainer_state(state, loader_state, metrics)
-        return save_best(self.accelerator, model, self.spec.folder, saved, self.spec.sample_rate, self.spec.save_extra)
+        best = save_best(self.accelerator, model, self.spec.folder, saved, self.spec.sample_rate, self.spec.save_extra)
+        if self.spec.mirror is not None:
+            self._everywhere(lambda: self._mirror.submit_best(best) if self._mirror is not None else None)
+        return best
 
     def close(self) -> None:
         """Close the metrics log and wait for the checkpoints still being mirrored. Raises MirrorError."""

@@ -6,6 +6,9 @@ loses at most the updates since the last one. Layout at the mirror's URL:
 URL/checkpoints/step-00001000/   a checkpoint as w2v.upload leaves it: every file read back and checked,
                                  _UPLOAD_COMPLETE.json (the files and their sha256) written last
 URL/checkpoints/LATEST           the newest complete checkpoint's name, written after its marker
+URL/best/                        RUN/best (the lowest validation loss so far), uploaded the same way before
+                                 the checkpoint of its step; a successor that resumes without RUN/best
+                                 brings it back when it is not newer than the checkpoint resumed
 
 Uploads run on one background thread, so training goes on while a checkpoint travels. Each checkpoint is
 first snapshotted with hard links (RUN/.mirror/NAME, with a copy of metrics.jsonl), so the run may delete its
@@ -31,7 +34,7 @@ from typing import Any
 import fsspec
 
 from w2v.errors import W2VError
-from w2v.run.checkpoint import CHECKPOINTS, complete_checkpoints
+from w2v.run.checkpoint import BEST, CHECKPOINTS, TRAINER_STATE, complete_checkpoints
 from w2v.upload import MARKER, RetryPolicy, file_sha256, retrying, upload_folder
 
 logger = logging.getLogger("w2v.run")
@@ -59,6 +62,10 @@ class MirrorConfig:
     def checkpoints_url(self) -> str:
         return f"{self.url.rstrip('/')}/{CHECKPOINTS}"
 
+    @property
+    def best_url(self) -> str:
+        return f"{self.url.rstrip('/')}/{BEST}"
+
 
 class CheckpointMirror:
     """The background uploader of one run's checkpoints (used by the run's main process only)."""
@@ -70,6 +77,7 @@ class CheckpointMirror:
         shutil.rmtree(self._snapshots, ignore_errors=True)  # a killed run's snapshots: links to old files
         self._submitted = 0
         self._waiting: Path | None = None
+        self._waiting_best: Path | None = None
         self._closing = False
         self._error: str | None = None
         self._uploaded: list[str] = []
@@ -107,6 +115,22 @@ class CheckpointMirror:
             self._waiting = snapshot
             self._changed.notify_all()
 
+    def submit_best(self, best: Path) -> None:
+        """Mirror RUN/best to URL/best in the background, before any checkpoint submitted with it. Raises
+        MirrorError when it cannot be snapshotted."""
+        self._submitted += 1
+        folder = self._snapshots / f"{self._submitted:06d}" / best.name
+        try:
+            snapshot = _snapshot(best, folder, None)
+        except OSError as error:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            raise MirrorError(f"{best}: cannot be snapshotted for {self.config.url}: {error}") from error
+        with self._changed:
+            if self._waiting_best is not None:
+                shutil.rmtree(self._waiting_best.parent, ignore_errors=True)
+            self._waiting_best = snapshot
+            self._changed.notify_all()
+
     def close(self, timeout: float | None = None) -> None:
         """Wait (at most `timeout` seconds) for the upload under way and the one waiting; then `error` says
         whether one failed."""
@@ -120,27 +144,36 @@ class CheckpointMirror:
     def _work(self) -> None:
         while True:
             with self._changed:
-                while self._waiting is None and not self._closing:
+                while self._waiting is None and self._waiting_best is None and not self._closing:
                     self._changed.wait()
-                snapshot, self._waiting = self._waiting, None
-                if snapshot is None:
+                # The best first: the checkpoint of its step records its score, so it must not arrive alone.
+                is_best = self._waiting_best is not None
+                if is_best:
+                    sending, self._waiting_best = self._waiting_best, None
+                else:
+                    sending, self._waiting = self._waiting, None
+                if sending is None:
                     return
             try:
-                publish_checkpoint(snapshot, self.config)
+                if is_best:
+                    upload_folder(sending, self.config.best_url, self.config.storage_options, self.config.retry)
+                    continue
+                publish_checkpoint(sending, self.config)
             except Exception as error:  # any failure must reach the run, not die with the thread
                 with self._changed:
-                    self._error = f"checkpoint {snapshot.name} not mirrored to {self.config.url}: {error}"
+                    what = "the best model" if is_best else f"checkpoint {sending.name}"
+                    self._error = f"{what} not mirrored to {self.config.url}: {error}"
                 return  # the run stops at its next checkpoint; close() removes what still waits
             finally:
-                shutil.rmtree(snapshot.parent, ignore_errors=True)
+                shutil.rmtree(sending.parent, ignore_errors=True)
             with self._changed:
-                self._uploaded.append(snapshot.name)
-            logger.info("checkpoint %s mirrored to %s", snapshot.name, self.config.checkpoints_url)
+                self._uploaded.append(sending.name)
+            logger.info("checkpoint %s mirrored to %s", sending.name, self.config.checkpoints_url)
 
 
-def _snapshot(checkpoint: Path, snapshot: Path, metrics: Path) -> Path:
+def _snapshot(checkpoint: Path, snapshot: Path, metrics: Path | None) -> Path:
     """`checkpoint`'s files hard-linked (copied where links are not possible) under `snapshot`, with a copy
-    of the run's metrics as they are now."""
+    of the run's metrics as they are now (when given)."""
     shutil.rmtree(snapshot, ignore_errors=True)
     for source in sorted(checkpoint.rglob("*")):
         if not source.is_file():
@@ -151,7 +184,7 @@ def _snapshot(checkpoint: Path, snapshot: Path, metrics: Path) -> Path:
             os.link(source, target)
         except OSError:
             shutil.copy2(source, target)
-    if metrics.is_file():
+    if metrics is not None and metrics.is_file():
         shutil.copy2(metrics, snapshot / METRICS)
     return snapshot
 
@@ -214,10 +247,35 @@ def fetch_checkpoint(config: MirrorConfig, name: str, checkpoints_dir: Path) -> 
     marker's sha256 (a file that differs is fetched once more), renamed into place whole. Its metrics copy
     is left beside it as NAME/metrics.jsonl. Raises MirrorError (or UploadError when unreachable)."""
     fs, root = fsspec.core.url_to_fs(config.checkpoints_url, **(config.storage_options or {}))
-    remote = f"{root.rstrip('/')}/{name}"
-    url = f"{config.checkpoints_url}/{name}"
+    final = checkpoints_dir / name
+    _fetch_folder(fs, f"{root.rstrip('/')}/{name}", f"{config.checkpoints_url}/{name}", final, config)
+    return final
+
+
+def bring_back_best(config: MirrorConfig, run_dir: Path, step: int) -> Path | None:
+    """When RUN/best is missing and the bucket's URL/best is complete and not newer than `step` (the
+    checkpoint the run resumes: a best of a history the run replaced is left alone), fetch it to RUN/best
+    and return it; else None. Raises MirrorError, or UploadError when unreachable."""
+    best = Path(run_dir) / BEST
+    if best.exists():
+        return None
+    fs, root = fsspec.core.url_to_fs(config.best_url, **(config.storage_options or {}))
+    root, url = root.rstrip("/"), config.best_url
+    if not retrying(lambda: fs.exists(f"{root}/{MARKER}"), config.retry, f"{url}: reading {MARKER}"):
+        return None
+    state = json.loads(retrying(lambda: fs.cat_file(f"{root}/{TRAINER_STATE}"), config.retry, url))
+    if int(state.get("step", step + 1)) > step:
+        return None
+    _fetch_folder(fs, root, url, best, config)
+    logger.info("the best model so far (step %s) brought back from %s", state["step"], url)
+    return best
+
+
+def _fetch_folder(fs: Any, remote: str, url: str, final: Path, config: MirrorConfig) -> None:
+    """The folder at `remote` (its marker lists the files) into `final`, each file checked against its sha256
+    (fetched once more if it differs) in a temporary folder renamed into place whole."""
     listed = json.loads(retrying(lambda: fs.cat_file(f"{remote}/{MARKER}"), config.retry, f"{url}: reading marker"))
-    temporary = checkpoints_dir / f".fetch-{name}"
+    temporary = final.with_name(f".fetch-{final.name}")
     shutil.rmtree(temporary, ignore_errors=True)
     for relative, expected in sorted(listed["files"].items()):
         target = temporary / relative
@@ -233,10 +291,8 @@ def fetch_checkpoint(config: MirrorConfig, name: str, checkpoints_dir: Path) -> 
                     f"{url}/{relative}: differs from its upload marker (sha256 {expected['sha256'][:12]}…) after "
                     "fetching it twice; the bucket's copy is damaged: resume from another checkpoint"
                 )
-    final = checkpoints_dir / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
-    return final
 
 
 def _remote_steps(fs: Any, root: str) -> list[str]:
