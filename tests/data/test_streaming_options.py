@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from w2v.data.streaming import CacheLimit, parse_cache_limit, window_advice
+from w2v.data.streaming import S3_REQUEST_BOUNDS, CacheLimit, bounded_requests, parse_cache_limit, window_advice
 from w2v.errors import W2VError
 
 
@@ -49,3 +49,12 @@ def test_the_window_advice_asks_for_two_windows_in_the_cache() -> None:
     assert wide is not None and "not two windows of 8 shards" in wide and "at most 5" in wide
     tiny = window_advice(150, shards, 1)
     assert tiny is not None and "raise --cache-limit to at least 200 bytes" in tiny
+
+
+def test_s3_calls_are_bounded_in_time_unless_the_user_configured_them() -> None:
+    bounded = bounded_requests("s3://bucket/corpus", {"endpoint_url": "http://127.0.0.1:9000"})
+    assert bounded == {"endpoint_url": "http://127.0.0.1:9000", "config_kwargs": S3_REQUEST_BOUNDS}
+    assert S3_REQUEST_BOUNDS["connect_timeout"] <= 10 and S3_REQUEST_BOUNDS["read_timeout"] <= 60
+    mine = {"config_kwargs": {"connect_timeout": 3}}
+    assert bounded_requests("s3://bucket/corpus", mine) == mine
+    assert bounded_requests("gs://bucket/corpus", None) == {}  # other stores keep their own defaults

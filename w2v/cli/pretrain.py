@@ -44,6 +44,9 @@ def pretrain(
         Path | None, typer.Option(help="Where shards from a URL are cached (default RUN/shard-cache).")
     ] = None,
     cache_limit: CacheLimitText = "auto",
+    fetch_retry_seconds: Annotated[
+        float, typer.Option(help="How long a shard that cannot be fetched is retried before the run stops.")
+    ] = 300.0,
     workers: Annotated[int, typer.Option(help="Loader worker processes per rank.")] = 2,
     verify_shards: VerifyShards = True,
     upload_to: Annotated[
@@ -77,7 +80,9 @@ def pretrain(
         else:
             train_config = TrainConfig.from_dict(apply_overrides({}, overrides))
         options = storage_options_from_environment(parse_storage_options(storage_options))
-        streaming = StreamingOptions(limit=parse_cache_limit(cache_limit))
+        if fetch_retry_seconds < 0:
+            raise W2VError(f"--fetch-retry-seconds {fetch_retry_seconds}: must be 0 or more")
+        streaming = StreamingOptions(limit=parse_cache_limit(cache_limit), retry_seconds=fetch_retry_seconds)
         mirror = MirrorConfig(upload_to, options, keep_last=train_config.keep_last) if upload_to else None
         with training_progress("pretrain") as on_step:
             result = run_pretraining(

@@ -95,7 +95,7 @@ def open_streamed(
 ) -> StreamedFolder:
     """Fetch (or find) the metadata of the shard folder at URL `location` into the cache; no shard is fetched.
     Raises ShardError when the URL holds no manifest or a metadata file differs from it."""
-    fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(location, **bounded_requests(location, storage_options))
     root = root.rstrip("/")
     folder = cache_folder(cache_dir, location)
     with exclusive(folder / ".metadata.lock"):
@@ -116,6 +116,19 @@ def open_streamed(
         RemoteShard(fs, f"{root}/{entry.path}", shards_dir / entry.path, entry, location) for entry in manifest.shards
     )
     return StreamedFolder(location, folder, shards_dir, remote)
+
+
+# botocore's defaults wait 60 s to connect and read, and retry within each call: a bucket that stops answering
+# could hold one attempt for minutes, past the cache's retry time. Bounded calls leave the retrying to it.
+S3_REQUEST_BOUNDS = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
+
+
+def bounded_requests(location: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """`storage_options`, with S3 calls bounded in time (S3_REQUEST_BOUNDS) unless they set config_kwargs."""
+    options = dict(storage_options or {})
+    if location.startswith(("s3://", "s3a://")) and "config_kwargs" not in options:
+        options["config_kwargs"] = S3_REQUEST_BOUNDS
+    return options
 
 
 class CorpusCache:
