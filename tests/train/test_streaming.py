@@ -322,3 +322,15 @@ def test_two_ranks_streaming_with_a_cache_each_match_one_local_process_accumulat
     two = _weights(tmp_path / "two")
     for name, tensor in _weights(tmp_path / "one").items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+
+    # Elastic: the two ranks' checkpoint at step 6, resumed by one streaming process accumulating two.
+    halfway = tmp_path / "two" / "checkpoints" / "step-00000006"
+    elastic = tmp_path / "elastic"
+    shutil.copytree(halfway, elastic / "checkpoints" / halfway.name)
+    streaming = StreamingOptions(limit=CacheLimit(bytes=limit // 2))
+    pretrain(one, ["s3://corpus/night"], elastic, storage_options=s3.storage_options,
+             loader=LoaderConfig(num_workers=0), streaming=streaming)  # fmt: skip
+    assert [r["step"] for r in read_metrics(elastic)] == [8, 12]
+    resumed = _weights(elastic)
+    for name, tensor in _weights(tmp_path / "one").items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
