@@ -205,6 +205,37 @@ def test_a_cached_shard_changed_on_disk_is_hashed_again_and_fetched_again_when_d
     assert third.stats().fetches == 0
 
 
+def test_caches_sharing_a_folder_fetch_each_shard_once_between_them(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 6)
+    ranks = [make_cache(tmp_path, entries, limit=6 * SIZE) for _ in range(2)]  # two ranks of a node
+    readers = [threading.Thread(target=read_all, args=(cache, cyclic(6, 2))) for cache in ranks]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    for cache in ranks:
+        cache.close()
+    assert sum(cache.stats().fetches for cache in ranks) == 6  # one waited for the other's download, then found it
+    assert sum(cache.stats().fetched_bytes for cache in ranks) == 6 * SIZE
+
+
+def test_a_cache_never_deletes_a_shard_another_cache_of_the_folder_holds(tmp_path: Path) -> None:
+    entries = make_store(tmp_path / "store", 6)
+    first, second = make_cache(tmp_path, entries, limit=2 * SIZE), make_cache(tmp_path, entries, limit=2 * SIZE)
+    read_all(first, [(0,), (1,)])  # first holds shards 0 and 1
+    read_all(second, cyclic(6, 1))  # second finds 0 and 1, then evicts them for 2..5
+    assert first.stats().fetches == 2 and second.stats().fetches == 4
+    assert (tmp_path / "cache" / "s000.arrow").is_file() and (tmp_path / "cache" / "s001.arrow").is_file()
+    first.close()
+    second.close()
+    # 2 and 3, which only the second held, went when it evicted them; the next run finds the other four.
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.arrow")) == [f"s00{k}.arrow" for k in (0, 1, 4, 5)]
+    third = make_cache(tmp_path, entries, limit=6 * SIZE)
+    read_all(third, cyclic(6, 1))
+    third.close()
+    assert third.stats().fetches == 2
+
+
 def test_a_store_that_fails_for_a_moment_is_retried(tmp_path: Path) -> None:
     entries = make_store(tmp_path / "store", 3)
     fs = FlakyFileSystem(failures=2, skip_instance_cache=True)
@@ -269,4 +300,4 @@ def test_a_full_local_disk_stops_the_reader_at_once_with_one_line(tmp_path: Path
         read_all(cache, cyclic(2, 1))
     cache.close()
     assert len(fs.opened) <= 2  # each shard tried once: not retried like a store that hung up
-    assert not list((tmp_path / "cache").glob("*.arrow*"))
+    assert not [p for p in (tmp_path / "cache").glob("*.arrow*") if p.suffix != ".lock"]  # no part, no marker

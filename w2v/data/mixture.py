@@ -87,11 +87,11 @@ def open_streaming_corpora(
     corpora = []
     for arg in parsed:
         if is_url(arg.location):
-            streamed = open_streamed(arg.location, cache_dir, storage_options, local_rank=local_rank)
+            streamed = open_streamed(arg.location, cache_dir, storage_options)
             folders.append(streamed)
             corpora.append(ShardCorpus(streamed.folder, streamed.shards_dir))
         else:
             folders.append(None)
             corpora.append(ShardCorpus(stage_shards(arg.location, cache_dir, verify=verify).folder))
-    cache = make_cache(folders, options, local_ranks) if any(f is not None for f in folders) else None
+    cache = make_cache(folders, options, local_ranks, local_rank) if any(f is not None for f in folders) else None
     return OpenedCorpora(corpora, [p.weight for p in parsed], cache)

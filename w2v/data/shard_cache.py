@@ -10,7 +10,9 @@ before a transfer starts, so the files on disk never exceed the limit, except by
 out pin more than the limit holds (a larger need is refused with one line saying what to change).
 
 Each shard is downloaded to NAME.part, checked against the manifest's size and sha256 and renamed into place
-(w2v.data.staging.fetch_shard): nothing half-written is ever read. A transfer that fails is retried with
+(w2v.data.staging.fetch_shard): nothing half-written is ever read. Caches may share a folder (the ranks of a
+node, w2v.data.shard_locks): a shard one cache fetched is found by the others instead of fetched again, and a
+cache that evicts a shard another still holds leaves the file to it. A transfer that fails is retried with
 backoff for `retry_seconds`, then the reader's next wait raises a one-line CacheError naming the shard.
 """
 
@@ -30,6 +32,7 @@ from typing import Any, Generic, TypeVar
 
 from w2v.data.eviction import POLICIES
 from w2v.data.shard_fetch import CacheError, RemoteShard, fetch_with_retries
+from w2v.data.shard_locks import claimed, hold, let_go, release
 from w2v.data.staging import VERIFIED_SUFFIX, marker_state, write_marker
 from w2v.errors import W2VError
 from w2v.shards.manifest import StoredFile
@@ -75,6 +78,7 @@ class _Slot:
     state: str = "absent"  # absent | fetching | ready
     pins: int = 0
     last_read: int = -1  # the ordinal of the last item that read it (for lru)
+    hold: int | None = None  # the descriptor of this cache's shared hold on the file, while ready
 
 
 @dataclass
@@ -203,11 +207,17 @@ class ShardCache:
             return sum(slot.shard.entry.bytes for slot in self._slots if slot.pins)
 
     def close(self) -> None:
-        """Stop fetching (transfers under way finish); a reader still waiting gets a CacheError."""
+        """Stop fetching (transfers under way finish); a reader still waiting gets a CacheError. The cached
+        files stay for the next run."""
         with self._lock:
             self._error = self._error or CacheError("the shard cache was closed")
             self._lock.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for slot in self._slots:
+                if slot.hold is not None:
+                    release(slot.hold)
+                    slot.hold = None
 
     def _take(self, session: _Session[T]) -> _Ahead[T] | None:
         """The session's next item, once its shards are on disk (pinned); None when the items end."""
@@ -398,8 +408,8 @@ class ShardCache:
 
     def _evict(self, key: int) -> None:
         slot = self._slots[key]
-        slot.shard.local.unlink(missing_ok=True)
-        slot.shard.local.with_name(slot.shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+        let_go(slot.shard.local, slot.hold)  # the file stays while another cache of the folder holds it
+        slot.hold = None
         slot.state = "absent"
         self._ready.discard(key)
         self._used -= slot.shard.entry.bytes
@@ -426,15 +436,25 @@ class ShardCache:
     # The transfer threads.
 
     def _transfer(self, key: int) -> None:
+        shard = self._slots[key].shard
         try:
-            fetched = fetch_with_retries(self._slots[key].shard, self.retry_seconds)
+            with claimed(shard.local):  # another cache fetching it: wait, then find it here
+                if _intact(shard.local, shard.entry):
+                    fetched = 0
+                else:
+                    shard.local.with_name(shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+                    fetched = fetch_with_retries(shard, self.retry_seconds)
+                held = hold(shard.local)
         except CacheError as error:
             return self._failed(key, error)
+        except OSError as error:  # the lock file or the shard cannot be opened
+            return self._failed(key, CacheError(f"{shard.local}: cannot be used ({error})"))
         with self._lock:
             self._transfers -= 1
             self._slots[key].state = "ready"
+            self._slots[key].hold = held
             self._ready.add(key)
-            self._counts["fetches"] += 1
+            self._counts["fetches"] += int(fetched > 0)
             self._counts["fetched_bytes"] += fetched
             self._touch(key)
             self._schedule()
@@ -455,19 +475,19 @@ class ShardCache:
         are removed (their bytes were never reserved)."""
         for key, slot in enumerate(self._slots):
             local = slot.shard.local
-            local.with_name(local.name + ".part").unlink(missing_ok=True)
-            marker = local.with_name(local.name + VERIFIED_SUFFIX)
-            if not local.exists():
-                marker.unlink(missing_ok=True)
-                continue
-            fits = self._used + slot.shard.entry.bytes <= self.limit_bytes
-            if fits and _intact(local, slot.shard.entry):
-                slot.state = "ready"
-                self._ready.add(key)
-                self._used += slot.shard.entry.bytes
-            else:
-                local.unlink()
-                marker.unlink(missing_ok=True)
+            with claimed(local, wait=False) as mine:
+                if not mine:
+                    continue  # another cache of the folder is fetching it
+                local.with_name(local.name + ".part").unlink(missing_ok=True)
+                if not local.exists():
+                    local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+                    continue
+                if self._used + slot.shard.entry.bytes <= self.limit_bytes and _intact(local, slot.shard.entry):
+                    slot.state, slot.hold = "ready", hold(local)
+                    self._ready.add(key)
+                    self._used += slot.shard.entry.bytes
+                    continue
+            let_go(local, None)  # deleted unless another cache holds it
 
 
 def _intact(local: Path, entry: StoredFile) -> bool:

@@ -2,9 +2,10 @@
 
 Opening a URL fetches only what the planner needs (the manifest, its shard list files and the training
 index: a few bytes per utterance), each checked against the manifest, into CACHE/<hash of the URL>/; the
-shards themselves come later, as the batch plan asks for them, into that folder's `shards-rN` (one per
-rank of the node: each rank holds its own share of the limit). The manifest is written last, so a folder
-with a manifest holds complete metadata.
+shards themselves come later, as the batch plan asks for them, into that folder's `shards/`, which the ranks
+of a node share (w2v.data.shard_locks): each rank counts its own share of the limit, a shard one rank
+fetched is found there by the others, and none deletes a shard another still holds. The manifest is written
+last, so a folder with a manifest holds complete metadata.
 
 `--cache-limit` is bytes (`500G`, `2.5TB`, `800000000`) or a share of the free disk (`10%`); the default,
 `auto`, takes half the free disk, or all the corpus when that is less: a corpus that fits is fetched once
@@ -31,6 +32,7 @@ from w2v.data.collate import Batch
 from w2v.data.corpus import ShardCorpus
 from w2v.data.integrity import exclusive
 from w2v.data.shard_cache import CacheStats, RemoteShard, ShardCache
+from w2v.data.shard_locks import LOCK_SUFFIX
 from w2v.data.staging import VERIFIED_SUFFIX, cache_folder, fetch_shard, remote_manifest
 from w2v.errors import ShardError, W2VError
 from w2v.shards.manifest import MANIFEST_NAME, StoredFile
@@ -90,9 +92,7 @@ class StreamedFolder:
         return sum(shard.entry.bytes for shard in self.remote)
 
 
-def open_streamed(
-    location: str, cache_dir: Path, storage_options: dict[str, Any] | None = None, *, local_rank: int = 0
-) -> StreamedFolder:
+def open_streamed(location: str, cache_dir: Path, storage_options: dict[str, Any] | None = None) -> StreamedFolder:
     """Fetch (or find) the metadata of the shard folder at URL `location` into the cache; no shard is fetched.
     Raises ShardError when the URL holds no manifest or a metadata file differs from it."""
     fs, root = fsspec.core.url_to_fs(location, **bounded_requests(location, storage_options))
@@ -110,7 +110,9 @@ def open_streamed(
             )
         write_text_atomic(folder / MANIFEST_NAME, text)
         (folder / "SOURCE").write_text(location + "\n")
-    shards_dir = folder / f"shards-r{local_rank}"
+        for legacy in folder.glob("shards-r*"):  # one folder per rank, before the ranks of a node shared one
+            shutil.rmtree(legacy, ignore_errors=True)
+    shards_dir = folder / "shards"
     shards_dir.mkdir(exist_ok=True)
     remote = tuple(
         RemoteShard(fs, f"{root}/{entry.path}", shards_dir / entry.path, entry, location) for entry in manifest.shards
@@ -205,7 +207,9 @@ class StreamingOptions:
 STREAM_REMOTE_SHARDS = StreamingOptions()  # the default: a URL streams through a cache of limit auto
 
 
-def make_cache(folders: list[StreamedFolder | None], options: StreamingOptions, local_ranks: int = 1) -> CorpusCache:
+def make_cache(
+    folders: list[StreamedFolder | None], options: StreamingOptions, local_ranks: int = 1, local_rank: int = 0
+) -> CorpusCache:
     """One cache over the shards of every streamed folder; each of the node's `local_ranks` ranks gets an equal
     share of the limit (resolved against the free disk of the first folder's filesystem, counting the shards
     already cached there as free). Raises W2VError when another run holds one of the folders."""
@@ -213,7 +217,8 @@ def make_cache(folders: list[StreamedFolder | None], options: StreamingOptions, 
     locks: list[int] = []
     try:
         for folder in streamed:
-            locks.append(_hold(folder.shards_dir / ".lock"))  # before anything in the folder is touched
+            if local_rank == 0:  # the run's: the node's other ranks share the folder with it
+                locks.append(_hold(folder.shards_dir / ".lock"))  # before anything in the folder is touched
         cached = sum(_remove_strays(folder) for folder in streamed)
         remote = [shard for f in streamed for shard in f.remote]
         corpus_bytes = sum(f.shard_bytes for f in streamed)
@@ -234,11 +239,11 @@ def _remove_strays(folder: StreamedFolder) -> int:
     names = {shard.local.name for shard in folder.remote}
     kept = 0
     for path in folder.shards_dir.iterdir():
-        base = path.name.removesuffix(".part").removesuffix(VERIFIED_SUFFIX)
+        base = path.name.removesuffix(".part").removesuffix(VERIFIED_SUFFIX).removesuffix(LOCK_SUFFIX)
         if path.name == ".lock":
             continue
         if base not in names:
-            path.unlink()
+            path.unlink(missing_ok=True)
         elif path.name == base:
             kept += path.stat().st_size
     return kept

@@ -132,7 +132,7 @@ def pretrain(
                 record: dict[str, Any] = {}
                 if due(state.step, config.log_every, config.max_steps):
                     record = log_record(state, [r for _, r in window], temperature, scheduler, accelerator, config)
-                    record |= data.cache.interval_record() if data.cache is not None else {}
+                    record |= _cache_record(data.cache, accelerator) if data.cache is not None else {}
                     record["warnings"] = record_warnings(record, state, accelerator.unwrap_model(model).config, config)
                     state = with_lowest_loss(state, record["contrastive_loss"])
                     run.log(record)
@@ -187,6 +187,21 @@ def _open_data(config: TrainConfig, shards: list[str], cache: Path, storage_opti
         held_out = [load_held_out(held, k, opened.cache, budget, config.seed) for k, (_, held) in enumerate(splits)
                     if held is not None]  # fmt: skip
     return _Data([train for train, _ in splits], opened.weights, held_out, opened.cache)
+
+
+def _cache_record(cache: CorpusCache, accelerator: Accelerator) -> dict[str, float]:
+    """The streaming cache's figures for a log record: reads, hits and bytes fetched summed over the ranks (the
+    run's downloads), the rest this rank's."""
+    record = cache.interval_record()
+    if accelerator.num_processes > 1:
+        hits = record["cache_hit_rate"] * record["cache_reads"]
+        local = [record["cache_reads"], hits, record["cache_fetched_bytes"]]
+        reads, hits, fetched = accelerator.reduce(
+            torch.tensor(local, dtype=torch.float64, device=accelerator.device), reduction="sum"
+        ).tolist()
+        record |= {"cache_reads": reads, "cache_hit_rate": hits / reads if reads else 1.0}
+        record["cache_fetched_bytes"] = fetched
+    return record
 
 
 @contextlib.contextmanager

@@ -1,0 +1,99 @@
+"""Shard files that several caches share (the ranks of a node): one fetches, the others find it, none deletes
+a file another holds.
+
+Two fcntl locks per shard NAME, both released by the kernel when a process dies:
+- NAME.lock, exclusive, is held while a cache looks at, fetches, adopts or deletes NAME: a cache that needs
+  a shard another is downloading waits for that download, then finds the file there.
+- NAME itself, shared, is held by every cache that counts NAME as cached. A cache that lets NAME go drops its
+  own hold and deletes the file only if it can then take NAME exclusively (no other cache holds it).
+
+A flock belongs to the open file, which a forked child (a DataLoader worker) shares: the child would keep the
+lock after the parent let it go. Every descriptor holding one of these locks is closed in forked children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from w2v.data.staging import VERIFIED_SUFFIX
+
+LOCK_SUFFIX = ".lock"
+_HELD: set[int] = set()  # descriptors holding a lock: closed in a forked child
+_OPENING = threading.Lock()  # a fork waits for a descriptor being opened to be on record
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the parent's descriptor keeps the lock
+    _HELD.clear()
+    _OPENING.release()
+
+
+os.register_at_fork(before=_OPENING.acquire, after_in_parent=_OPENING.release, after_in_child=_close_in_child)
+
+
+def open_locked(path: Path, operation: int, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+    """`path` opened and flocked with `operation` (LOCK_SH, LOCK_EX, | LOCK_NB); the descriptor is closed in
+    forked children. Raises BlockingIOError (LOCK_NB, held elsewhere) with nothing left open."""
+    with _OPENING:
+        fd = os.open(path, flags, 0o644)
+        _HELD.add(fd)
+    try:
+        fcntl.flock(fd, operation)
+    except BaseException:
+        release(fd)
+        raise
+    return fd
+
+
+def release(fd: int) -> None:
+    """Close a descriptor from open_locked (its lock goes with it)."""
+    with _OPENING:
+        _HELD.discard(fd)
+        os.close(fd)
+
+
+def lock_path(local: Path) -> Path:
+    return local.with_name(local.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def claimed(local: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold NAME.lock for the block (waiting for it, or not: then the block gets False when another holds it)."""
+    try:
+        fd = open_locked(lock_path(local), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        release(fd)
+
+
+def hold(local: Path) -> int:
+    """A shared hold on the shard file (call while NAME.lock is claimed); the descriptor keeps it."""
+    return open_locked(local, fcntl.LOCK_SH, os.O_RDONLY)
+
+
+def let_go(local: Path, fd: int | None) -> bool:
+    """Drop this cache's hold on the shard (`fd`, None: none held) and delete it, with its marker, when no other
+    cache holds it and none is looking at it; True when it was deleted."""
+    if fd is not None:
+        release(fd)
+    with claimed(local, wait=False) as mine:
+        if not mine:
+            return False  # another cache is adopting or fetching it: it is theirs now
+        try:
+            release(open_locked(local, fcntl.LOCK_EX | fcntl.LOCK_NB, os.O_RDONLY))
+        except (FileNotFoundError, BlockingIOError):
+            return False  # gone, or held by another cache
+        local.unlink(missing_ok=True)
+        local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+        return True
