@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 from w2v.data.eviction import POLICIES
 from w2v.data.shard_fetch import CacheError, RemoteShard, fetch_with_retries
-from w2v.data.shard_locks import claimed, hold, let_go, release
+from w2v.data.shard_locks import allow_descriptors, claimed, hold, let_go, release
 from w2v.data.staging import VERIFIED_SUFFIX, marker_state, write_marker
 from w2v.errors import W2VError
 from w2v.shards.manifest import StoredFile
@@ -139,6 +139,7 @@ class ShardCache:
         self._error: CacheError | None = None
         self._counts = {"accesses": 0, "hits": 0, "fetches": 0, "fetched_bytes": 0, "peak_bytes": 0}
         self._wait_seconds = 0.0
+        allow_descriptors(len(self._slots))  # one held open per cached shard
         self._adopt_local_files()
         for key in range(len(self._slots)):
             self._touch(key)
@@ -408,8 +409,8 @@ class ShardCache:
 
     def _evict(self, key: int) -> None:
         slot = self._slots[key]
-        let_go(slot.shard.local, slot.hold)  # the file stays while another cache of the folder holds it
-        slot.hold = None
+        held, slot.hold = slot.hold, None
+        let_go(slot.shard.local, held)  # the file stays while another cache of the folder holds it
         slot.state = "absent"
         self._ready.discard(key)
         self._used -= slot.shard.entry.bytes

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import resource
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from w2v.data.staging import VERIFIED_SUFFIX
 
 LOCK_SUFFIX = ".lock"
+LET_GO_ATTEMPTS = 5
+logger = logging.getLogger("w2v.data")
 _HELD: set[int] = set()  # descriptors holding a lock: closed in a forked child
 _OPENING = threading.Lock()  # a fork waits for a descriptor being opened to be on record
 
@@ -84,16 +89,39 @@ def hold(local: Path) -> int:
 
 def let_go(local: Path, fd: int | None) -> bool:
     """Drop this cache's hold on the shard (`fd`, None: none held) and delete it, with its marker, when no other
-    cache holds it and none is looking at it; True when it was deleted."""
+    cache holds it and none is looking at it; True when it was deleted. Never blocks for long, never raises.
+
+    Two caches letting the same shard go at once both see the other's hold; the one that looks last deletes:
+    NAME.lock is tried again for a moment (each look holds it for a few system calls), not given up at once."""
     if fd is not None:
         release(fd)
-    with claimed(local, wait=False) as mine:
-        if not mine:
-            return False  # another cache is adopting or fetching it: it is theirs now
-        try:
-            release(open_locked(local, fcntl.LOCK_EX | fcntl.LOCK_NB, os.O_RDONLY))
-        except (FileNotFoundError, BlockingIOError):
-            return False  # gone, or held by another cache
-        local.unlink(missing_ok=True)
-        local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
-        return True
+    try:
+        for attempt in range(LET_GO_ATTEMPTS):
+            with claimed(local, wait=False) as mine:
+                if mine:
+                    return _delete_unheld(local)
+            time.sleep(0.002 * (attempt + 1))
+    except OSError as error:  # the lock file cannot be made (no descriptors, a full disk): the file stays
+        logger.warning("%s: not deleted from the cache (%s)", local, error)
+    return False  # another cache is adopting or fetching it: it is theirs now
+
+
+def _delete_unheld(local: Path) -> bool:
+    try:
+        release(open_locked(local, fcntl.LOCK_EX | fcntl.LOCK_NB, os.O_RDONLY))
+    except (FileNotFoundError, BlockingIOError):
+        return False  # gone, or held by another cache
+    local.unlink(missing_ok=True)
+    local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+    return True
+
+
+def allow_descriptors(count: int) -> None:
+    """Raise this process' limit on open files (the soft one, up to the hard one) so that `count` more fit: a
+    cache keeps one open per shard it holds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 1024  # what the rest of the process (CUDA, NCCL, loader workers' pipes) may use
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -245,7 +245,8 @@ def _remove_strays(folder: StreamedFolder) -> int:
         if base not in names:
             path.unlink(missing_ok=True)
         elif path.name == base:
-            kept += path.stat().st_size
+            with contextlib.suppress(FileNotFoundError):  # another rank of the node evicted it just now
+                kept += path.stat().st_size
     return kept
 
 
