@@ -20,56 +20,26 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from w2v.data.cache_stats import CacheStats
 from w2v.data.eviction import POLICIES
 from w2v.data.shard_fetch import CacheError, RemoteShard, fetch_with_retries
-from w2v.data.shard_locks import allow_descriptors, claimed, hold, let_go, release
-from w2v.data.staging import VERIFIED_SUFFIX, marker_state, write_marker
+from w2v.data.shard_locks import adopt, allow_descriptors, claimed, hold, let_go, release
+from w2v.data.staging import VERIFIED_SUFFIX, checked_at_rest
 from w2v.errors import W2VError
-from w2v.shards.manifest import StoredFile
-from w2v.shards.table import sha256_file
 
 __all__ = ["CacheError", "CacheStats", "RemoteShard", "ShardCache"]
 T = TypeVar("T")
-logger = logging.getLogger("w2v.data")
 NEVER = float("inf")  # the next use of a shard the lookahead has not reached
 MAX_LOOKAHEAD_ITEMS = 1 << 14
 LOOKAHEAD_LIMITS = 4
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """Counters since the cache started (subtract two to get an interval's)."""
-
-    accesses: int = 0  # shards asked for by items the reader took
-    hits: int = 0  # of those, already on disk when asked for
-    fetches: int = 0
-    fetched_bytes: int = 0
-    wait_seconds: float = 0.0  # the reader's time waiting for shards
-    peak_bytes: int = 0  # the most bytes reserved at once
-
-    def minus(self, earlier: CacheStats) -> CacheStats:
-        return CacheStats(
-            self.accesses - earlier.accesses,
-            self.hits - earlier.hits,
-            self.fetches - earlier.fetches,
-            self.fetched_bytes - earlier.fetched_bytes,
-            self.wait_seconds - earlier.wait_seconds,
-            self.peak_bytes,
-        )
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.accesses if self.accesses else 1.0
 
 
 @dataclass
@@ -440,7 +410,7 @@ class ShardCache:
         shard = self._slots[key].shard
         try:
             with claimed(shard.local):  # another cache fetching it: wait, then find it here
-                if _intact(shard.local, shard.entry):
+                if checked_at_rest(shard.local, shard.entry):
                     fetched = 0
                 else:
                     shard.local.with_name(shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
@@ -475,31 +445,9 @@ class ShardCache:
         written since its check is hashed again, and fetched again if damaged. Parts of interrupted transfers
         are removed (their bytes were never reserved)."""
         for key, slot in enumerate(self._slots):
-            local = slot.shard.local
-            with claimed(local, wait=False) as mine:
-                if not mine:
-                    continue  # another cache of the folder is fetching it
-                local.with_name(local.name + ".part").unlink(missing_ok=True)
-                if not local.exists():
-                    local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
-                    continue
-                if self._used + slot.shard.entry.bytes <= self.limit_bytes and _intact(local, slot.shard.entry):
-                    slot.state, slot.hold = "ready", hold(local)
-                    self._ready.add(key)
-                    self._used += slot.shard.entry.bytes
-                    continue
-            let_go(local, None)  # deleted unless another cache holds it
-
-
-def _intact(local: Path, entry: StoredFile) -> bool:
-    """Whether a cached shard can be read as it is: checked on arrival and unchanged since, or hashed again now
-    and found to match the manifest (its marker then records the new state)."""
-    state = marker_state(local, entry)
-    if state != "changed":
-        return state == "unchanged"
-    if sha256_file(local) != entry.sha256:
-        logger.warning("%s: changed on disk since it was fetched and no longer matches its sha256; fetching it "
-                       "again", local)  # fmt: skip
-        return False
-    write_marker(local, entry.sha256)
-    return True
+            fits = self._used + slot.shard.entry.bytes <= self.limit_bytes
+            slot.hold = adopt(slot.shard.local, slot.shard.entry, fits)
+            if slot.hold is not None:
+                slot.state = "ready"
+                self._ready.add(key)
+                self._used += slot.shard.entry.bytes

@@ -23,7 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from w2v.data.staging import VERIFIED_SUFFIX
+from w2v.data.staging import VERIFIED_SUFFIX, checked_at_rest
+from w2v.shards.manifest import StoredFile
 
 LOCK_SUFFIX = ".lock"
 LET_GO_ATTEMPTS = 5
@@ -85,6 +86,23 @@ def claimed(local: Path, wait: bool = True) -> Iterator[bool]:
 def hold(local: Path) -> int:
     """A shared hold on the shard file (call while NAME.lock is claimed); the descriptor keeps it."""
     return open_locked(local, fcntl.LOCK_SH, os.O_RDONLY)
+
+
+def adopt(local: Path, entry: StoredFile, fits: bool) -> int | None:
+    """A hold on a shard an earlier run left in the folder, checked (see checked_at_rest), when it `fits` in
+    the cache; None when it is absent, damaged, being fetched by another cache, or does not fit (then it is
+    deleted unless another cache holds it). A part of an interrupted transfer is removed."""
+    with claimed(local, wait=False) as mine:
+        if not mine:
+            return None  # another cache of the folder is fetching it
+        local.with_name(local.name + ".part").unlink(missing_ok=True)
+        if not local.exists():
+            local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+            return None
+        if fits and checked_at_rest(local, entry):
+            return hold(local)
+    let_go(local, None)
+    return None
 
 
 def let_go(local: Path, fd: int | None) -> bool:

@@ -184,6 +184,20 @@ def marker_state(target: Path, entry: StoredFile) -> str:
     return "unchanged" if fields[1:] == state else "changed"
 
 
+def checked_at_rest(local: Path, entry: StoredFile) -> bool:
+    """Whether a cached shard can be read as it is: checked on arrival and unchanged since, or hashed again now
+    and found to match the manifest (its marker then records the new state)."""
+    state = marker_state(local, entry)
+    if state != "changed":
+        return state == "unchanged"
+    if sha256_file(local) != entry.sha256:
+        logger.warning("%s: changed on disk since it was fetched and no longer matches its sha256; fetching it "
+                       "again", local)  # fmt: skip
+        return False
+    write_marker(local, entry.sha256)
+    return True
+
+
 def _marked(target: Path, entry: StoredFile) -> bool:
     """Whether an earlier staging fetched and checked `target` (its marker names the manifest's sha256; a
     staging with `verify` then checks the file at rest)."""
