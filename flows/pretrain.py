@@ -36,12 +36,10 @@ SHARD_CACHE = "shard-cache"
 
 @dataclass(frozen=True)
 class DataAccess:
-    """How the run reaches its shards: storage, the streaming cache (shared by `local_ranks` ranks of a node,
-    as training shares it), and whether local folders are checked."""
+    """How the run reaches its shards: storage, the streaming cache, and whether local folders are checked."""
 
     storage: StorageAccess
     streaming: StreamingOptions
-    local_ranks: int = 1
     verify: bool = True
 
 
@@ -55,7 +53,7 @@ def evaluate_best(model_dir: Path, shards: list[str], run_dir: Path, data: DataA
         # the run's cache, as training's validation read them.
         evaluation = evaluate_checkpoint(
             model_dir, shards, probe=ProbeConfig(), verify_shards=data.verify, cache_dir=run_dir / SHARD_CACHE,
-            storage_options=data.storage.options(), streaming=data.streaming, local_ranks=data.local_ranks,
+            storage_options=data.storage.options(), streaming=data.streaming,
         )  # fmt: skip
     except W2VError as error:  # no held-out recordings in a tiny corpus: the run is still good
         get_run_logger().warning("no evaluation: %s", error)
@@ -116,7 +114,7 @@ def pretrain_flow(
     """
     storage = StorageAccess(storage_options, credentials_block).check()  # no credentials in storage_options
     streaming = StreamingOptions(limit=parse_cache_limit(cache_limit))  # a bad limit fails before any work
-    data = DataAccess(storage, streaming, num_processes, verify_shards)
+    data = DataAccess(storage, streaming, verify_shards)
     run_dir = Path(output) / run_name if run_name else Path(output)
     check_local(shards, verify_shards)
     extra = [*(overrides or []), *([f"max_hours={max_hours}"] if max_hours is not None else [])]

@@ -18,6 +18,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from w2v.data.eviction import simulate
+from w2v.data.node_room import NodeRoom
 from w2v.data.shard_cache import CacheError, RemoteShard, ShardCache
 from w2v.shards.manifest import FileEntry
 
@@ -301,3 +302,103 @@ def test_a_full_local_disk_stops_the_reader_at_once_with_one_line(tmp_path: Path
     cache.close()
     assert len(fs.opened) <= 2  # each shard tried once: not retried like a store that hung up
     assert not [p for p in (tmp_path / "cache").glob("*.arrow*") if p.suffix != ".lock"]  # no part, no marker
+
+
+def shared_room(tmp_path: Path, entries: list[FileEntry], limit: int) -> NodeRoom:
+    """The room of a node whose caches use tmp_path/cache (as make_cache lays it out)."""
+    return NodeRoom.over([(tmp_path / "cache" / e.path, e.bytes) for e in entries], limit)
+
+
+def windows_for_rank(shards: int, window: int, epochs: int, rank: int) -> list[tuple[int, ...]]:
+    """What a rank of a node reads under a windowed shuffle: each epoch, the windows in a seeded order (the same
+    on every rank), and within each window items that alternate between its shards, starting from a different
+    shard on each rank (so that the ranks' futures, and their choices of what to evict, differ)."""
+    items: list[tuple[int, ...]] = []
+    for epoch in range(epochs):
+        order = np.random.default_rng(epoch).permutation(shards)
+        for start in range(0, shards, window):
+            members = [int(k) for k in order[start : start + window]]
+            items += [(members[(n + rank) % window],) for n in range(2 * window)]
+    return items
+
+
+@pytest.mark.parametrize(("window", "limit_shards"), [(2, 4), (3, 8)])
+def test_the_ranks_of_a_node_share_the_limit_and_keep_their_shards_within_it_together(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, window: int, limit_shards: int
+) -> None:
+    entries = make_store(tmp_path / "store", 24)
+    limit = limit_shards * SIZE  # two windows or more: the one being read and the next
+    room = shared_room(tmp_path, entries, limit)
+    ranks = [make_cache(tmp_path, entries, limit=limit, room=room, room_wait_seconds=60) for _ in range(2)]
+    step = threading.Barrier(2)  # the ranks meet after every item, as at each gradient all-reduce
+
+    def train(cache: ShardCache, rank: int) -> None:
+        items = windows_for_rank(24, window, 2, rank)
+        for number, keys in cache.read(iter(list(enumerate(items))), lambda i: i[1], lambda i: i[0]):
+            assert keys == items[number]
+            cache.release(number)
+            step.wait(timeout=60)
+
+    readers = [threading.Thread(target=train, args=(cache, rank)) for rank, cache in enumerate(ranks)]
+    with DiskWatcher(tmp_path / "cache") as watcher:
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+    for cache in ranks:
+        cache.close()
+    # Each rank counted the whole limit (half of it each cannot hold two windows), and together they kept the
+    # node's disk within it, but for one shard per rank (one a rank's reader waited on while another rank had
+    # yet to let go of what this one let go), and fetched the corpus about once per epoch.
+    assert all(cache.limit_bytes == limit for cache in ranks)
+    assert watcher.peak <= limit + 2 * SIZE
+    assert sum(cache.stats().fetched_bytes for cache in ranks) <= 2 * 24 * SIZE
+    assert "fetching it anyway" not in caplog.text
+
+
+def test_a_prefetch_waits_for_room_until_the_last_rank_holding_a_shard_lets_it_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = make_store(tmp_path / "store", 3)
+    room = shared_room(tmp_path, entries, 2 * SIZE)
+    first, second = (make_cache(tmp_path, entries, 2 * SIZE, room=room, room_wait_seconds=60) for _ in range(2))
+    read_all(first, [(1,), (0,)])
+    read_all(second, [(0,), (1,)])  # found: both hold shards 0 and 1, which fill the node's room
+    reader = second.read(iter([(0,), (2,)]), lambda item: item, lambda item: item)
+    assert next(reader) == (0,)  # while 0 is read, 2 is prefetched: 1 is let go, but the first holds it
+    time.sleep(0.5)
+    assert not (tmp_path / "cache" / "s002.arrow").exists() and (tmp_path / "cache" / "s001.arrow").exists()
+    read_all(first, [(2,)])  # lets 1 go too (read before 0): it leaves the disk, and 2 fits
+    second.release((0,))
+    assert next(reader) == (2,)
+    reader.close()
+    first.close()
+    second.close()
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.arrow")) == ["s000.arrow", "s002.arrow"]
+    assert first.stats().fetches + second.stats().fetches == 3  # 2 fetched once, by whichever got it first
+    assert "fetching it anyway" not in caplog.text
+
+
+def test_a_prefetch_that_finds_no_room_in_time_is_fetched_anyway_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = make_store(tmp_path / "store", 4)
+    room = shared_room(tmp_path, entries, 2 * SIZE)
+    first = make_cache(tmp_path, entries, 2 * SIZE, room=room)
+    read_all(first, [(0,), (1,)])  # held, and never let go
+    second = make_cache(tmp_path, entries, 2 * SIZE, room=room, room_wait_seconds=0.2, max_transfers=1)
+    reader = second.read(iter([(2,), (3,)]), lambda item: item, lambda item: item)
+    assert next(reader) == (2,)
+    assert second.wait_idle(timeout=30)  # 3, prefetched while 2 is read, waits for room 0.2 s
+    assert (tmp_path / "cache" / "s003.arrow").is_file()
+    second.release((2,))
+    assert next(reader) == (3,)
+    reader.close()
+    first.close()
+    second.close()
+    # The second found 0 and 1 and let them go for 2 and 3. The reader waited for 2: it came at once, one shard
+    # over the limit; 3, prefetched, waited for room, then came anyway. The first held 0 and 1 throughout.
+    on_disk = {p.name for p in (tmp_path / "cache").glob("*.arrow")}
+    assert {"s000.arrow", "s001.arrow", "s003.arrow"} <= on_disk
+    assert caplog.text.count("fetching it anyway") == 1
+    assert "left no room within the limit of 2000 bytes for s003.arrow for 0.2 s" in caplog.text

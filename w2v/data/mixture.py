@@ -76,7 +76,6 @@ def open_streaming_corpora(
     *,
     verify: bool = True,
     local_rank: int = 0,
-    local_ranks: int = 1,
 ) -> OpenedCorpora:
     """Open every --shards argument: a URL is streamed through one cache of `options.limit` (its shards are
     checked as they arrive), a local folder checked (unless `verify` is False) and read in place."""
@@ -93,5 +92,5 @@ def open_streaming_corpora(
         else:
             folders.append(None)
             corpora.append(ShardCorpus(stage_shards(arg.location, cache_dir, verify=verify).folder))
-    cache = make_cache(folders, options, local_ranks, local_rank) if any(f is not None for f in folders) else None
+    cache = make_cache(folders, options, local_rank) if any(f is not None for f in folders) else None
     return OpenedCorpora(corpora, [p.weight for p in parsed], cache)

@@ -12,14 +12,17 @@ out pin more than the limit holds (a larger need is refused with one line saying
 Each shard is downloaded to NAME.part, checked against the manifest's size and sha256 and renamed into place
 (w2v.data.staging.fetch_shard): nothing half-written is ever read. Caches may share a folder (the ranks of a
 node, w2v.data.shard_locks): a shard one cache fetched is found by the others instead of fetched again, and a
-cache that evicts a shard another still holds leaves the file to it. A transfer that fails is retried with
-backoff for `retry_seconds`, then the reader's next wait raises a one-line CacheError naming the shard.
+cache that evicts a shard another still holds leaves the file to it. Given the node's room (w2v.data.node_room),
+they also share the limit: a shard new to the disk waits for room among the shards all of them hold. A
+transfer that fails is retried with backoff for `retry_seconds`, then the reader's next wait raises a one-line
+CacheError naming the shard.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -30,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from w2v.data.cache_stats import CacheStats
 from w2v.data.eviction import POLICIES
+from w2v.data.node_room import NodeRoom
 from w2v.data.shard_fetch import CacheError, RemoteShard, fetch_with_retries
 from w2v.data.shard_locks import adopt, allow_descriptors, claimed, hold, let_go, release
 from w2v.data.staging import VERIFIED_SUFFIX, checked_at_rest
@@ -39,6 +43,8 @@ __all__ = ["CacheError", "CacheStats", "RemoteShard", "ShardCache"]
 T = TypeVar("T")
 NEVER = float("inf")  # the next use of a shard the lookahead has not reached
 MAX_LOOKAHEAD_ITEMS = 1 << 14
+ROOM_WAIT_SECONDS = 30.0  # the longest a fetch waits for the node's other caches to make room
+logger = logging.getLogger("w2v.data")
 LOOKAHEAD_LIMITS = 4
 
 
@@ -86,6 +92,8 @@ class ShardCache:
         policy: str = "plan",
         max_transfers: int = 4,
         retry_seconds: float = 300.0,
+        room: NodeRoom | None = None,
+        room_wait_seconds: float = ROOM_WAIT_SECONDS,
     ) -> None:
         if policy not in POLICIES:
             raise W2VError(f"cache policy {policy!r}: expected one of {', '.join(POLICIES)}")
@@ -94,6 +102,9 @@ class ShardCache:
         self.limit_bytes = limit_bytes
         self.policy = policy
         self.retry_seconds = retry_seconds
+        self.room = room
+        self.room_wait_seconds = room_wait_seconds
+        self._over_room_said = False
         self._slots = [_Slot(s) for s in shards]
         self._largest = max((s.entry.bytes for s in shards), default=0)
         self._lock = threading.Condition()
@@ -408,14 +419,24 @@ class ShardCache:
 
     def _transfer(self, key: int) -> None:
         shard = self._slots[key].shard
+        deadline = time.monotonic() + self.room_wait_seconds
+        delay = 0.01
         try:
-            with claimed(shard.local):  # another cache fetching it: wait, then find it here
-                if checked_at_rest(shard.local, shard.entry):
-                    fetched = 0
-                else:
-                    shard.local.with_name(shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
-                    fetched = fetch_with_retries(shard, self.retry_seconds)
-                held = hold(shard.local)
+            while True:
+                with claimed(shard.local):  # another cache fetching it: wait, then find it here
+                    if checked_at_rest(shard.local, shard.entry):
+                        fetched = 0
+                    elif self._room_for(key, deadline):
+                        shard.local.with_name(shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+                        fetched = fetch_with_retries(shard, self.retry_seconds)
+                    else:
+                        fetched = -1
+                    held = hold(shard.local) if fetched >= 0 else None
+                if held is not None:
+                    break
+                self._let_go_for_room(key)  # without the shard's lock: another cache may fetch it meanwhile
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
         except CacheError as error:
             return self._failed(key, error)
         except OSError as error:  # the lock file or the shard cannot be opened
@@ -430,6 +451,47 @@ class ShardCache:
             self._touch(key)
             self._schedule()
             self._lock.notify_all()
+
+    def _room_for(self, key: int, deadline: float) -> bool:
+        """Whether `key` may be fetched now (call holding its lock): always without a node room; with one, when
+        the node's shards leave room for it within the limit (or within this cache's own reservations, when
+        they are over it), when the reader waits for it (the disk then holds this cache's share of one shard
+        over the limit: the node's other caches let go of what it let go as they reach the same point), or when
+        `room_wait_seconds` have passed (said once)."""
+        if self.room is None:
+            return True
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            allowed = max(self.limit_bytes, self._used)
+            waited_on = self._slots[key].pins > 0
+        local = self._slots[key].shard.local
+        if self.room.reserve(local, allowed) or waited_on:
+            return True
+        if time.monotonic() < deadline:
+            return False
+        if not self._over_room_said:
+            self._over_room_said = True
+            logger.warning(
+                "shard cache: the shards on this node's disk (%d bytes) left no room within the limit of %d bytes "
+                "for %s for %g s; fetching it anyway (the node's ranks are reading different shards)",
+                self.room.on_disk(),
+                self.limit_bytes,
+                local.name,
+                self.room_wait_seconds,
+            )
+        return True
+
+    def _let_go_for_room(self, key: int) -> None:
+        """Evict the shard Belady's rule takes next after `key`'s (one read after it): this cache no longer
+        counts it, and the node's disk loses it if no other cache holds it."""
+        with self._lock:
+            set_aside: list[tuple[float, float, int, float, int]] = []
+            victim = self._pop_victim(self._next_use(key), set_aside)
+            for entry in set_aside:
+                heapq.heappush(self._victims, entry)
+            if victim is not None:
+                self._evict(victim)
 
     def _failed(self, key: int, error: CacheError) -> None:
         with self._lock:

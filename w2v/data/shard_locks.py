@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from w2v.data.staging import VERIFIED_SUFFIX, checked_at_rest
+from w2v.data.staging import PART_SUFFIX, VERIFIED_SUFFIX, checked_at_rest
 from w2v.shards.manifest import StoredFile
 
 LOCK_SUFFIX = ".lock"
@@ -95,7 +95,7 @@ def adopt(local: Path, entry: StoredFile, fits: bool) -> int | None:
     with claimed(local, wait=False) as mine:
         if not mine:
             return None  # another cache of the folder is fetching it
-        local.with_name(local.name + ".part").unlink(missing_ok=True)
+        local.with_name(local.name + PART_SUFFIX).unlink(missing_ok=True)
         if not local.exists():
             local.with_name(local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
             return None

@@ -32,6 +32,7 @@ from w2v.storage import is_url
 logger = logging.getLogger("w2v.data")
 BLOCK_BYTES = 8 << 20
 VERIFIED_SUFFIX = ".sha256"
+PART_SUFFIX = ".part"  # a transfer under way
 
 
 def default_cache_dir() -> Path:
@@ -130,7 +131,7 @@ def fetch_shard(fs: Any, remote: str, target: Path, entry: StoredFile, location:
         return 0
     fetched = 0
     for attempt in range(2):
-        part = target.with_name(target.name + ".part")
+        part = target.with_name(target.name + PART_SUFFIX)
         if attempt > 0 or (part.exists() and part.stat().st_size > entry.bytes):
             part.unlink(missing_ok=True)
         fetched += _download(fs, remote, part)

@@ -3,9 +3,9 @@
 Opening a URL fetches only what the planner needs (the manifest, its shard list files and the training
 index: a few bytes per utterance), each checked against the manifest, into CACHE/<hash of the URL>/; the
 shards themselves come later, as the batch plan asks for them, into that folder's `shards/`, which the ranks
-of a node share (w2v.data.shard_locks): each rank counts its own share of the limit, a shard one rank
-fetched is found there by the others, and none deletes a shard another still holds. The manifest is written
-last, so a folder with a manifest holds complete metadata.
+of a node share (w2v.data.shard_locks, w2v.data.node_room): a shard one rank fetched is found there by the
+others, none deletes a shard another still holds, and together they keep within the limit, each shard counted
+once. The manifest is written last, so a folder with a manifest holds complete metadata.
 
 `--cache-limit` is bytes (`500G`, `2.5TB`, `800000000`) or a share of the free disk (`10%`); the default,
 `auto`, takes half the free disk, or all the corpus when that is less: a corpus that fits is fetched once
@@ -31,9 +31,10 @@ from w2v.atomic import write_text_atomic
 from w2v.data.collate import Batch
 from w2v.data.corpus import ShardCorpus
 from w2v.data.integrity import exclusive
+from w2v.data.node_room import ROOM_LOCK, NodeRoom
 from w2v.data.shard_cache import CacheStats, RemoteShard, ShardCache
 from w2v.data.shard_locks import LOCK_SUFFIX
-from w2v.data.staging import VERIFIED_SUFFIX, cache_folder, fetch_shard, remote_manifest
+from w2v.data.staging import PART_SUFFIX, VERIFIED_SUFFIX, cache_folder, fetch_shard, remote_manifest
 from w2v.errors import ShardError, W2VError
 from w2v.shards.manifest import MANIFEST_NAME, StoredFile
 
@@ -161,7 +162,7 @@ class CorpusCache:
             "cache_reads": float(since.accesses),
             "cache_fetched_bytes": float(since.fetched_bytes),
             "cache_wait_seconds": since.wait_seconds,
-            "cache_bytes": float(self.cache.bytes_on_disk()),
+            "cache_bytes": float(self.cache.room.on_disk() if self.cache.room else self.cache.bytes_on_disk()),
             "cache_limit_bytes": float(self.cache.limit_bytes),
         }
 
@@ -207,12 +208,10 @@ class StreamingOptions:
 STREAM_REMOTE_SHARDS = StreamingOptions()  # the default: a URL streams through a cache of limit auto
 
 
-def make_cache(
-    folders: list[StreamedFolder | None], options: StreamingOptions, local_ranks: int = 1, local_rank: int = 0
-) -> CorpusCache:
-    """One cache over the shards of every streamed folder; each of the node's `local_ranks` ranks gets an equal
-    share of the limit (resolved against the free disk of the first folder's filesystem, counting the shards
-    already cached there as free). Raises W2VError when another run holds one of the folders."""
+def make_cache(folders: list[StreamedFolder | None], options: StreamingOptions, local_rank: int = 0) -> CorpusCache:
+    """One cache over the shards of every streamed folder, within the limit (resolved against the free disk of
+    the first folder's filesystem, counting the shards already cached there as free) that the node's ranks keep
+    together. Raises W2VError when another run holds one of the folders."""
     streamed = [f for f in folders if f is not None]
     locks: list[int] = []
     try:
@@ -223,9 +222,10 @@ def make_cache(
         remote = [shard for f in streamed for shard in f.remote]
         corpus_bytes = sum(f.shard_bytes for f in streamed)
         free = free_bytes(streamed[0].folder) + cached
-        limit = options.limit.resolve(free, corpus_bytes) // max(local_ranks, 1)
+        limit = options.limit.resolve(free, corpus_bytes)
+        room = NodeRoom.over([(shard.local, shard.entry.bytes) for shard in remote], limit)
         cache = ShardCache(remote, limit, policy=options.policy, max_transfers=options.max_transfers,
-                           retry_seconds=options.retry_seconds)  # fmt: skip
+                           retry_seconds=options.retry_seconds, room=room)  # fmt: skip
     except BaseException:
         for fd in locks:
             os.close(fd)
@@ -235,16 +235,17 @@ def make_cache(
 
 def _remove_strays(folder: StreamedFolder) -> int:
     """Delete what the shard folder holds that the manifest no longer names (shards of an older generation,
-    their markers and parts); returns the bytes of the shards it names that are there."""
+    their markers and parts); returns the bytes of the shards it names, and of their parts, that are there
+    (the same whether or not another rank of the node is fetching one just now)."""
     names = {shard.local.name for shard in folder.remote}
     kept = 0
     for path in folder.shards_dir.iterdir():
-        base = path.name.removesuffix(".part").removesuffix(VERIFIED_SUFFIX).removesuffix(LOCK_SUFFIX)
-        if path.name == ".lock":
+        base = path.name.removesuffix(PART_SUFFIX).removesuffix(VERIFIED_SUFFIX).removesuffix(LOCK_SUFFIX)
+        if path.name in (".lock", ROOM_LOCK):
             continue
         if base not in names:
             path.unlink(missing_ok=True)
-        elif path.name == base:
+        elif path.name in (base, base + PART_SUFFIX):
             with contextlib.suppress(FileNotFoundError):  # another rank of the node evicted it just now
                 kept += path.stat().st_size
     return kept

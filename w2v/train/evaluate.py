@@ -142,7 +142,6 @@ def evaluate_checkpoint(
     probe: ProbeConfig | None = None,
     verify_shards: bool = True,
     streaming: StreamingOptions | None = STREAM_REMOTE_SHARDS,
-    local_ranks: int = 1,
 ) -> Evaluation:
     """Evaluate a from_pretrained folder on the held-out recordings of `shards` (the run's config, if the
     checkpoint has one beside it, decides the split, the batches and the seed).
@@ -152,8 +151,8 @@ def evaluate_checkpoint(
     what the frozen features encode, and split the utterances themselves. The shards are checked against
     their manifest first, unless `verify_shards` is False.
 
-    Shards at a URL stream through a cache in `cache_dir` bounded by `streaming.limit` (shared by
-    `local_ranks` ranks, as in training; None: staged whole) and are read as training's validation reads
+    Shards at a URL stream through a cache in `cache_dir` bounded by `streaming.limit` (None: staged whole)
+    and are read as training's validation reads
     them: the held-out utterances of the fewest seeded shards that hold max_val_batches of audio (the same
     numbers as the run's validation at that checkpoint). Their probes use the utterances of the fewest seeded
     shards holding probe.max_utterances, within what the cache holds at once."""
@@ -180,8 +179,7 @@ def evaluate_checkpoint(
         corpora, _ = open_corpora(list(shards), cache_dir, storage_options, verify=verify_shards)
         opened = OpenedCorpora(corpora, [], None)
     else:
-        opened = open_streaming_corpora(list(shards), cache_dir, streaming, storage_options, verify=verify_shards,
-                                        local_ranks=local_ranks)  # fmt: skip
+        opened = open_streaming_corpora(list(shards), cache_dir, streaming, storage_options, verify=verify_shards)
     try:
         return _evaluate_opened(model, opened, config, probe)
     finally:

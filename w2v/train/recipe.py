@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -173,9 +172,8 @@ def _open_data(config: TrainConfig, shards: list[str], cache: Path, storage_opti
         corpora, weights = open_corpora(shards, cache, storage_options, verify=verify)
         splits = [split_held_out(corpus, config.val_share) for corpus in corpora]
         return _Data([train for train, _ in splits], weights, [held for _, held in splits if held is not None])
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     opened = open_streaming_corpora(shards, cache, streaming, storage_options, verify=verify,
-                                    local_rank=accelerator.local_process_index, local_ranks=local_ranks)  # fmt: skip
+                                    local_rank=accelerator.local_process_index)  # fmt: skip
     splits = [split_held_out(corpus, config.val_share) for corpus in opened.corpora]
     held_out = [held for _, held in splits if held is not None]
     if opened.cache is not None:
