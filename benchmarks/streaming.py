@@ -18,9 +18,15 @@ often. For each:
   data_wait_share      share of step time spent waiting for data (the loader's figure)
   mixing               distinct shards per 16 consecutive micro-batches / the same under a full shuffle
   speaker_mixing       the same for distinct speakers
+  cache_bytes_max_vs_limit  the most shard bytes on the node's disk at a log record / the limit
+
+With `--ranks N`, every run (the local anchor too) is N training processes of one node (accelerate launch,
+DDP on the CPUs), sharing the node's cache folder and limit; bytes fetched are the node's, and eviction is the
+plan's only (the command line's).
 
 Usage: python benchmarks/streaming.py [--quick] [--shards 50] [--rows-per-shard 24] [--epochs 2]
-                                      [--latency-ms 50] [--mbps 200] [--full-shuffle-shares 0.5]
+                                      [--latency-ms 50] [--mbps 200] [--shares 0.05 0.1 0.25 1]
+                                      [--full-shuffle-shares 0.5] [--ranks 1]
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ import http.client
 import json
 import logging
 import multiprocessing
+import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,6 +65,7 @@ from w2v.data.loader import LoaderConfig
 from w2v.data.plan import BatchConfig, plan_shard_windows
 from w2v.data.streaming import CacheLimit, StreamingOptions
 from w2v.run.metrics import read_metrics
+from w2v.storage import STORAGE_OPTIONS_ENV
 from w2v.train.config import TrainConfig
 from w2v.train.recipe import pretrain
 
@@ -192,12 +201,18 @@ def batches_per_epoch(corpus: ShardCorpus, window: int | None) -> int:
     return len(plan_shard_windows(corpus.num_samples, corpus.shard, config, CONFIG["seed"], 0))
 
 
-def train(shards: list[str], run: Path, steps: int, window: int | None, **kwargs: Any) -> dict[str, float]:
-    """Train the tiny preset for `steps` updates; the run's throughput, data wait and cache figures."""
-    config = TrainConfig.from_dict({**CONFIG, "max_steps": steps, "batch": {**CONFIG["batch"],
-                                    "shuffle_window_shards": window}})  # fmt: skip
+def train(
+    shards: list[str], run: Path, steps: int, window: int | None, ranks: int = 1, **kwargs: Any
+) -> dict[str, float]:
+    """Train the tiny preset for `steps` updates, in this process or as `ranks` processes of one node; the run's
+    throughput, data wait and cache figures."""
+    values = {**CONFIG, "max_steps": steps, "batch": {**CONFIG["batch"], "shuffle_window_shards": window}}
     started = time.perf_counter()
-    pretrain(config, shards, run, loader=LoaderConfig(num_workers=1), resume="never", **kwargs)
+    if ranks == 1:
+        pretrain(TrainConfig.from_dict(values), shards, run, loader=LoaderConfig(num_workers=1), resume="never",
+                 **kwargs)  # fmt: skip
+    else:
+        launch(values, shards, run, ranks, **kwargs)
     seconds = time.perf_counter() - started
     records = [r for r in read_metrics(run) if "audio_seconds_per_second" in r][1:]  # the first holds start-up
     figures = {
@@ -210,7 +225,37 @@ def train(shards: list[str], run: Path, steps: int, window: int | None, **kwargs
         figures["fetched_bytes"] = float(sum(r["cache_fetched_bytes"] for r in every))
         reads = sum(r["cache_reads"] for r in every)
         figures["hit_rate"] = sum(r["cache_hit_rate"] * r["cache_reads"] for r in every) / reads if reads else 1.0
+        figures["cache_bytes_max_vs_limit"] = max(r["cache_bytes"] / r["cache_limit_bytes"] for r in every)
     return figures
+
+
+def launch(
+    values: dict[str, Any],
+    shards: list[str],
+    run: Path,
+    ranks: int,
+    storage_options: dict[str, Any] | None = None,
+    streaming: StreamingOptions | None = None,
+    cache_dir: Path | None = None,
+) -> None:
+    """`w2v pretrain` as `ranks` DDP processes on this machine's CPUs (accelerate launch), as on a node."""
+    config_file = run.with_name(run.name + ".yaml")
+    config_file.write_text(json.dumps(values))  # JSON is YAML
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+               str(ranks), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "w2v", "pretrain", "--shards", *shards, "--output", str(run), "--config", str(config_file),
+               "--workers", "1", "--resume", "never"]  # fmt: skip
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
+    if streaming is not None and storage_options is not None:
+        assert streaming.limit.bytes is not None and streaming.policy == "plan"  # what the command line sets
+        secret = {k: storage_options[k] for k in ("key", "secret")}
+        public = {k: v for k, v in storage_options.items() if k not in secret}
+        command += ["--cache-limit", str(streaming.limit.bytes), "--storage-options", json.dumps(public)]
+        command += ["--cache-dir", str(cache_dir)] if cache_dir is not None else []
+        environment[STORAGE_OPTIONS_ENV] = json.dumps(secret)
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{ranks} ranks failed: {done.stderr[-3000:]}")
 
 
 def main() -> dict[str, Any]:
@@ -220,11 +265,13 @@ def main() -> dict[str, Any]:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--mbps", type=float, default=200.0, help="bandwidth, megabytes per second")
+    parser.add_argument("--shares", type=float, nargs="*", default=list(CACHE_SHARES), help="cache sizes (windowed)")
     parser.add_argument("--full-shuffle-shares", type=float, nargs="*", default=list(FULL_SHUFFLE_SHARES))
+    parser.add_argument("--ranks", type=int, default=1, help="training processes of one node (plan eviction only)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20 shards, 0.5 epochs, 10 and 100 %%")
     args = parser.parse_args()
     settings: list[tuple[float, str]] = [(share, "full") for share in args.full_shuffle_shares if share < 1.0]
-    settings += [(share, "window") for share in CACHE_SHARES]
+    settings += [(share, "window") for share in args.shares]
     if args.quick:
         args.shards, args.epochs, settings = 20, 0.5, [(0.1, "window"), (1.0, "window")]
     logging.disable(logging.WARNING)  # the tiny model's health warnings are not the subject here
@@ -245,16 +292,17 @@ def main() -> dict[str, Any]:
                 options = {**s3.storage_options, "endpoint_url": endpoint}
                 for share, shuffle in settings:
                     window = window_for(share, args.shards) if shuffle == "window" else None
-                    steps = max(10, round(args.epochs * batches_per_epoch(corpus, window)))  # val_share 0: all
+                    # val_share 0: every batch trains; each update reads one micro-batch per rank
+                    steps = max(10, round(args.epochs * batches_per_epoch(corpus, window) / args.ranks))
                     shard_mix, speaker_mix = mixing(corpus, window, CONFIG["seed"])
-                    for policy in POLICIES:
+                    for policy in POLICIES if args.ranks == 1 else ("plan",):
                         # The anchor runs just before, on the same input: on a shared machine the speed drifts
                         # over minutes, and an anchor taken once per window moved the ratio by ±15 %.
                         name = f"{share}-{shuffle}-{policy}"
-                        local = train([str(folder)], work / f"local-{name}", steps, window)
+                        local = train([str(folder)], work / f"local-{name}", steps, window, args.ranks)
                         run = work / f"stream-{name}"
                         streaming = StreamingOptions(limit=CacheLimit(bytes=int(share * corpus_bytes)), policy=policy)
-                        got = train(["s3://bench/corpus"], run, steps, window, storage_options=options,
+                        got = train(["s3://bench/corpus"], run, steps, window, args.ranks, storage_options=options,
                                     streaming=streaming, cache_dir=work / f"cache-{name}")  # fmt: skip
                         print(json.dumps({"setting": name, **got}), file=sys.stderr, flush=True)
                         results.append({
@@ -269,6 +317,7 @@ def main() -> dict[str, Any]:
                             "hit_rate": round(got["hit_rate"], 4),
                             "data_wait_share": round(got["data_wait_share"], 4),
                             "local_data_wait_share": round(local["data_wait_share"], 4),
+                            "cache_bytes_max_vs_limit": round(got["cache_bytes_max_vs_limit"], 3),
                             "mixing": round(shard_mix / full_shards, 3),
                             "speaker_mixing": round(speaker_mix / full_speakers, 3),
                         })  # fmt: skip
@@ -289,6 +338,7 @@ def main() -> dict[str, Any]:
         },
         "store": {"latency_ms": args.latency_ms, "megabytes_per_second": args.mbps},
         "epochs": args.epochs,
+        "ranks": args.ranks,
         "anchor": "throughput: the same run on the local folder; fetched: corpus bytes per epoch; mixing: a full "
         "shuffle's distinct shards (speakers) per 16 micro-batches",
         "results": results,

@@ -187,3 +187,17 @@ def test_compiled_packing_gives_the_python_loops_batches(
     reference = _pack_reference(indices, costs, budget, first_rows)
     assert len(compiled) == len(reference)
     assert all(np.array_equal(a, b) for a, b in zip(compiled, reference, strict=True))
+
+
+def test_a_nodes_items_are_its_ranks_items_in_the_order_they_read_them() -> None:
+    stream = BatchStream([np.full(300, 2 * RATE)], BatchConfig(max_batch_seconds=10.0), seed=3)
+    node = list(itertools.islice(stream.for_ranks([2, 3], world_size=4), 20))
+    assert [rank for rank, _ in node] == [2, 3] * 10
+    for rank in (2, 3):
+        own = list(itertools.islice(stream.for_rank(rank, 4), 10))
+        theirs = [item for r, item in node if r == rank]
+        assert [i.position for i in theirs] == [i.position for i in own] == list(range(rank, 40, 4))
+        assert all(np.array_equal(a.indices, b.indices) for a, b in zip(theirs, own, strict=True))
+        assert [i.state_after for i in theirs] == [i.state_after for i in own]
+    with pytest.raises(W2VError, match=r"ranks \[3, 4\] are not all in a world of 4"):
+        next(stream.for_ranks([3, 4], world_size=4))

@@ -309,16 +309,17 @@ def shared_room(tmp_path: Path, entries: list[FileEntry], limit: int) -> NodeRoo
     return NodeRoom.over([(tmp_path / "cache" / e.path, e.bytes) for e in entries], limit)
 
 
-def windows_for_rank(shards: int, window: int, epochs: int, rank: int) -> list[tuple[int, ...]]:
-    """What a rank of a node reads under a windowed shuffle: each epoch, the windows in a seeded order (the same
-    on every rank), and within each window items that alternate between its shards, starting from a different
-    shard on each rank (so that the ranks' futures, and their choices of what to evict, differ)."""
-    items: list[tuple[int, ...]] = []
+def node_windows(shards: int, window: int, epochs: int, ranks: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    """What the ranks of a node read under a windowed shuffle, in the order they read it: (rank, number, shards).
+    Each epoch visits the windows in a seeded order; within a window, each rank's items alternate between its
+    shards, starting from a different shard on each rank (so that each rank's own future differs)."""
+    items: list[tuple[int, int, tuple[int, ...]]] = []
     for epoch in range(epochs):
         order = np.random.default_rng(epoch).permutation(shards)
         for start in range(0, shards, window):
             members = [int(k) for k in order[start : start + window]]
-            items += [(members[(n + rank) % window],) for n in range(2 * window)]
+            for n in range(2 * window):
+                items += [(rank, len(items) // ranks, (members[(n + rank) % window],)) for rank in range(ranks)]
     return items
 
 
@@ -330,13 +331,15 @@ def test_the_ranks_of_a_node_share_the_limit_and_keep_their_shards_within_it_tog
     limit = limit_shards * SIZE  # two windows or more: the one being read and the next
     room = shared_room(tmp_path, entries, limit)
     ranks = [make_cache(tmp_path, entries, limit=limit, room=room, room_wait_seconds=60) for _ in range(2)]
+    node = node_windows(24, window, 2, ranks=2)
     step = threading.Barrier(2)  # the ranks meet after every item, as at each gradient all-reduce
 
     def train(cache: ShardCache, rank: int) -> None:
-        items = windows_for_rank(24, window, 2, rank)
-        for number, keys in cache.read(iter(list(enumerate(items))), lambda i: i[1], lambda i: i[0]):
-            assert keys == items[number]
-            cache.release(number)
+        mine = [item for item in node if item[0] == rank]
+        taken = cache.read(iter(node), lambda item: item[2], lambda item: item[:2], lambda item: item[0] == rank)
+        for expected, item in zip(mine, taken, strict=True):
+            assert item == expected
+            cache.release(item[:2])
             step.wait(timeout=60)
 
     readers = [threading.Thread(target=train, args=(cache, rank)) for rank, cache in enumerate(ranks)]

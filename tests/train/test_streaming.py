@@ -203,6 +203,27 @@ def test_a_loader_dropped_midway_releases_the_shards_its_batches_held(
         cache.close()
 
 
+def test_a_rank_streaming_for_its_node_gets_its_own_batches_and_pins_none_of_the_others(
+    s3: S3Server, shards: Path, tmp_path: Path
+) -> None:
+    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
+    cache = make_cache([streamed], StreamingOptions(limit=CacheLimit(bytes=int(0.35 * sum(_shard_bytes(shards))))))
+    config = BatchConfig(max_batch_seconds=6.0, shuffle_window_shards=2)
+    local = make_loader([ShardCorpus(shards)], config, seed=0, rank=1, world_size=4, max_batches=12,
+                        loader=LoaderConfig(num_workers=0))  # fmt: skip
+    try:
+        node = make_loader([corpus], config, seed=0, rank=1, world_size=4, max_batches=12, node_ranks=[0, 1],
+                           loader=LoaderConfig(num_workers=0), cache=cache)  # fmt: skip
+        ours = [(b.position, b.indices) for b in node]
+        assert ours == [(b.position, b.indices) for b in local] and len(ours) == 12
+        assert cache.cache.stats().accesses > 0 and cache.cache.pinned_bytes() == 0  # rank 0's were passed
+        with pytest.raises(W2VError, match=r"rank 1 is not among the node's ranks \[2, 3\]"):
+            make_loader([corpus], config, seed=0, rank=1, world_size=4, node_ranks=[2, 3], cache=cache)
+    finally:
+        cache.close()
+
+
 def test_two_runs_cannot_share_a_cache_folder_and_the_refused_one_touches_nothing(s3: S3Server, tmp_path: Path) -> None:
     first = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
     stray = first.shards_dir / "b00-g00000-0000.arrow"  # a shard of a generation the manifest no longer lists

@@ -68,20 +68,22 @@ class PlannedBatches(Dataset[Batch]):
 
 class _Items:
     """This rank's WorkItems from a state on, at most `limit` planned micro-batches (None: forever), each read
-    as up to `split` pieces."""
+    as up to `split` pieces; `node_items` are those of every rank in `node` (this one's among them)."""
 
-    def __init__(
-        self, stream: BatchStream, rank: int, world_size: int, state: StreamState, limit: int | None, split: int
-    ) -> None:
+    def __init__(self, stream: BatchStream, rank: int, world_size: int, state: StreamState, limit: int | None,
+                 split: int, node: Sequence[int]) -> None:  # fmt: skip
         self.stream, self.rank, self.world_size, self.state = stream, rank, world_size, state
-        self.limit, self.split = limit, split
+        self.limit, self.split, self.node = limit, split, node
 
     def __iter__(self) -> Iterator[WorkItem]:
-        items = self.stream.for_rank(self.rank, self.world_size, self.state)
-        for count, item in enumerate(items):
-            if self.limit is not None and count >= self.limit:
+        return (item for rank, item in self.node_items() if rank == self.rank)
+
+    def node_items(self) -> Iterator[tuple[int, WorkItem]]:
+        items = self.stream.for_ranks(self.node, self.world_size, self.state)
+        for count, (rank, item) in enumerate(items):
+            if self.limit is not None and count >= self.limit * len(self.node):
                 return
-            yield from item.split(self.split)
+            yield from ((rank, piece) for piece in item.split(self.split))
 
 
 class _CachedItems:
@@ -89,15 +91,24 @@ class _CachedItems:
 
     def __init__(self, items: _Items, corpora: Sequence[ShardCorpus], cache: CorpusCache) -> None:
         self.items, self.corpora, self.cache = items, corpora, cache
-        self.readers: list[Generator[WorkItem, None, None]] = []
+        self.readers: list[Generator[tuple[int, WorkItem], None, None]] = []
 
     def __iter__(self) -> Iterator[WorkItem]:
-        def keys(item: WorkItem) -> list[int]:
+        """This rank's items; the cache sees the node's, so that the node's ranks keep the same shards."""
+
+        def keys(ranked: tuple[int, WorkItem]) -> list[int]:
+            item = ranked[1]
             return self.cache.keys(self.corpora[item.corpus], item.corpus, item.indices).tolist()
 
-        reader = self.cache.cache.read(iter(self.items), keys, lambda item: (item.position, item.piece))
+        def key(ranked: tuple[int, WorkItem]) -> tuple[int, int]:
+            return ranked[1].position, ranked[1].piece
+
+        def mine(ranked: tuple[int, WorkItem]) -> bool:
+            return ranked[0] == self.items.rank
+
+        reader = self.cache.cache.read(self.items.node_items(), keys, key, mine)
         self.readers.append(reader)
-        return reader
+        return (item for _, item in reader)
 
     def close(self) -> None:
         """Release what the readers took (a loader dropped for a smaller split must not keep shards pinned)."""
@@ -150,9 +161,11 @@ def make_loader(
     loader: LoaderConfig = LoaderConfig(),
     split: int = 1,
     cache: CorpusCache | None = None,
+    node_ranks: Sequence[int] | None = None,
 ) -> Iterable[Batch]:
     """Batches for `rank` of `world_size`, from `state` (a checkpoint's) or the start, `max_batches` of them.
-    With `cache`, the shards of streamed corpora are brought in as the plan reaches them.
+    With `cache`, the shards of streamed corpora are brought in as the plan reaches them: the plan of every
+    rank in `node_ranks` (the ranks sharing the cache's folder, this one among them; None: this one only).
 
     `split` > 1 reads each planned micro-batch as that many pieces of consecutive rows (the out-of-memory
     guard's smaller micro-batches: the same utterances per update, in more, smaller forward passes)."""
@@ -163,7 +176,10 @@ def make_loader(
     start = stream.initial_state() if state is None else _adopt(stream, state, rank)
     pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
     workers = loader.num_workers
-    items = _Items(stream, rank, world_size, start, max_batches, split)
+    node = [rank] if node_ranks is None or cache is None else sorted(node_ranks)
+    if rank not in node:
+        raise W2VError(f"loader: rank {rank} is not among the node's ranks {node}")
+    items = _Items(stream, rank, world_size, start, max_batches, split, node)
     cached = _CachedItems(items, corpora, cache) if cache is not None else None
     batches: DataLoader[Batch] = DataLoader(
         PlannedBatches(corpora, config, seed, close_shards=cache is not None),

@@ -43,9 +43,9 @@ __all__ = ["CacheError", "CacheStats", "RemoteShard", "ShardCache"]
 T = TypeVar("T")
 NEVER = float("inf")  # the next use of a shard the lookahead has not reached
 MAX_LOOKAHEAD_ITEMS = 1 << 14
-ROOM_WAIT_SECONDS = 30.0  # the longest a fetch waits for the node's other caches to make room
-logger = logging.getLogger("w2v.data")
 LOOKAHEAD_LIMITS = 4
+ROOM_WAIT_SECONDS = 30.0  # the longest a prefetch waits for the node's other caches to make room
+logger = logging.getLogger("w2v.data")
 
 
 @dataclass
@@ -62,6 +62,7 @@ class _Ahead(Generic[T]):
     ordinal: int
     item: T
     keys: tuple[int, ...]
+    mine: bool = True  # False: another rank of the node reads it (it only tells when its shards are read)
 
 
 @dataclass
@@ -70,11 +71,16 @@ class _Session(Generic[T]):
 
     items: Iterator[T]
     keys_of: Callable[[T], Sequence[int]]
+    mine: Callable[[T], bool]
     ahead: deque[_Ahead[T]] = field(default_factory=deque)
     uses: dict[int, deque[int]] = field(default_factory=dict)  # shard -> ordinals of the items ahead reading it
     named_bytes: int = 0  # of the distinct shards the items ahead read
     out: dict[Hashable, tuple[int, ...]] = field(default_factory=dict)  # taken, not yet released
     exhausted: bool = False
+
+
+def _everything(item: object) -> bool:
+    return True
 
 
 class ShardCache:
@@ -128,11 +134,19 @@ class ShardCache:
     # The reader's side.
 
     def read(
-        self, items: Iterator[T], keys_of: Callable[[T], Sequence[int]], id_of: Callable[[T], Hashable]
+        self,
+        items: Iterator[T],
+        keys_of: Callable[[T], Sequence[int]],
+        id_of: Callable[[T], Hashable],
+        mine: Callable[[T], bool] | None = None,
     ) -> Generator[T, None, None]:
         """`items`, each yielded once every shard it reads (`keys_of`) is on disk; they stay there until
-        `release(id_of(item))`. Closing the iterator releases what it took and not yet released."""
-        session: _Session[T] = _Session(items, keys_of)
+        `release(id_of(item))`. Closing the iterator releases what it took and not yet released.
+
+        With `mine`, `items` are what all the ranks of the node read, in the order they read them, and only the
+        reader's own (`mine`) are yielded; another rank's counts as read once the reader passes it. The caches of
+        the node then see one future and keep the same shards: the room they share holds what each would."""
+        session: _Session[T] = _Session(items, keys_of, mine or _everything)
         with self._lock:
             self._sessions.append(session)
         try:
@@ -207,19 +221,16 @@ class ShardCache:
         with self._lock:
             if self._error is not None:
                 raise self._error
-            self._extend(session)
-            if not session.ahead:
-                return None
-            taken = session.ahead.popleft()
+            while True:
+                self._extend(session)
+                if not session.ahead:
+                    return None
+                taken = session.ahead.popleft()
+                if taken.mine:
+                    break
+                self._passed(session, taken)  # another rank's, which it reads about now
             self._pin(taken.keys)
-            for key in taken.keys:
-                uses = session.uses[key]
-                uses.popleft()
-                if not uses:
-                    del session.uses[key]
-                    session.named_bytes -= self._slots[key].shard.entry.bytes
-                self._slots[key].last_read = taken.ordinal
-                self._touch(key)
+            self._passed(session, taken)
             self._counts["accesses"] += len(taken.keys)
             self._counts["hits"] += sum(self._slots[k].state == "ready" for k in taken.keys)
             while True:
@@ -237,6 +248,17 @@ class ShardCache:
 
     # Scheduling (every method below runs under the lock).
 
+    def _passed(self, session: _Session[Any], taken: _Ahead[Any]) -> None:
+        """The reader is past `taken`: the shards it reads are next read further on."""
+        for key in taken.keys:
+            uses = session.uses[key]
+            uses.popleft()
+            if not uses:
+                del session.uses[key]
+                session.named_bytes -= self._slots[key].shard.entry.bytes
+            self._slots[key].last_read = taken.ordinal
+            self._touch(key)
+
     def _extend(self, session: _Session[Any]) -> None:
         """Walk the session's items ahead until they name LOOKAHEAD_LIMITS × the limit of distinct shards, every
         shard, or MAX_LOOKAHEAD_ITEMS items. Belady's rule needs to see past what fits: a cached shard whose
@@ -253,7 +275,7 @@ class ShardCache:
                 return
             ordinal = next(self._ordinals)
             keys = tuple(sorted({int(k) for k in session.keys_of(item)}))
-            session.ahead.append(_Ahead(ordinal, item, keys))
+            session.ahead.append(_Ahead(ordinal, item, keys, session.mine(item)))
             for key in keys:
                 uses = session.uses.get(key)
                 if uses is None:

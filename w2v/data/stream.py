@@ -160,17 +160,24 @@ class BatchStream:
 
     def for_rank(self, rank: int, world_size: int, state: StreamState | None = None) -> Iterator[WorkItem]:
         """This rank's micro-batches from `state` on, forever; each carries the state after its micro-step."""
-        if not 0 <= rank < world_size:
-            raise W2VError(f"rank {rank} is outside a world of {world_size}")
+        return (item for _, item in self.for_ranks([rank], world_size, state))
+
+    def for_ranks(
+        self, ranks: Sequence[int], world_size: int, state: StreamState | None = None
+    ) -> Iterator[tuple[int, WorkItem]]:
+        """(rank, micro-batch) of each of `ranks` in turn from `state` on, forever: what the ranks of a node read,
+        in the order they read it; each carries the state after its micro-step."""
+        if not all(0 <= rank < world_size for rank in ranks):
+            raise W2VError(f"ranks {list(ranks)} are not all in a world of {world_size}")
         state = self.initial_state() if state is None else state
         while True:
-            mine = None
+            taken = []
             for offset in range(world_size):
                 item, state = self.take(state)
-                if offset == rank:
-                    mine = item
-            assert mine is not None
-            yield WorkItem(mine.position, mine.corpus, mine.epoch, mine.cursor, mine.indices, state)
+                if offset in ranks:
+                    taken.append((offset, item))
+            for rank, item in taken:
+                yield rank, WorkItem(item.position, item.corpus, item.epoch, item.cursor, item.indices, state)
 
     def _check(self, state: StreamState) -> None:
         if state.seed != self.seed:
