@@ -199,5 +199,6 @@ def test_a_nodes_items_are_its_ranks_items_in_the_order_they_read_them() -> None
         assert [i.position for i in theirs] == [i.position for i in own] == list(range(rank, 40, 4))
         assert all(np.array_equal(a.indices, b.indices) for a, b in zip(theirs, own, strict=True))
         assert [i.state_after for i in theirs] == [i.state_after for i in own]
-    with pytest.raises(W2VError, match=r"ranks \[3, 4\] are not all in a world of 4"):
-        next(stream.for_ranks([3, 4], world_size=4))
+    for wrong in ([3, 4], [], [1, 1]):
+        with pytest.raises(W2VError, match=r"expected distinct ranks of a world of 4"):
+            next(stream.for_ranks(wrong, world_size=4))

@@ -176,7 +176,7 @@ def make_loader(
     start = stream.initial_state() if state is None else _adopt(stream, state, rank)
     pin = torch.cuda.is_available() if loader.pin_memory is None else loader.pin_memory
     workers = loader.num_workers
-    node = [rank] if node_ranks is None or cache is None else sorted(node_ranks)
+    node = [rank] if node_ranks is None or cache is None else sorted(set(node_ranks))
     if rank not in node:
         raise W2VError(f"loader: rank {rank} is not among the node's ranks {node}")
     items = _Items(stream, rank, world_size, start, max_batches, split, node)

@@ -5,8 +5,8 @@ ranks hold them, leave room for it.
 The ranks of a node read the same shuffle windows at the same time (the plan deals each window's micro-batches
 round-robin), so they hold nearly the same shards: sharing the room, the node caches `limit` bytes of distinct
 shards where a share of limit / ranks each would have cached a rank's share. What is on disk is counted from the
-folder itself (a shard, or its part being fetched, at the manifest's size), under one lock for the node, so a
-rank that dies leaves no stale count behind.
+folder itself (a shard, or its part being fetched, at the manifest's size: one listing per folder), under one
+lock for the node, so a rank that dies leaves no stale count behind.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from w2v.data.shard_locks import open_locked, release
 from w2v.data.staging import PART_SUFFIX
 
 ROOM_LOCK = ".room.lock"
@@ -30,6 +31,13 @@ class NodeRoom:
     lock: Path
     sizes: dict[Path, int]
     limit_bytes: int
+    _by_folder: dict[Path, dict[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_folder: dict[Path, dict[str, int]] = {}
+        for local, size in self.sizes.items():
+            by_folder.setdefault(local.parent, {})[local.name] = size
+        object.__setattr__(self, "_by_folder", by_folder)
 
     @classmethod
     def over(cls, shards: Sequence[tuple[Path, int]], limit_bytes: int) -> NodeRoom:
@@ -39,23 +47,29 @@ class NodeRoom:
         return cls(folder / ROOM_LOCK, sizes, limit_bytes)
 
     def on_disk(self) -> int:
-        """The bytes of the shards in the folders, each counted at its full size once its transfer has begun.
-        The part is looked for before the shard, so a transfer that ends in between (a rename) is still seen."""
-        return sum(size for local, size in self.sizes.items() if _exists(_part(local)) or _exists(local))
+        """The bytes of the shards in the folders, each counted at its full size once its transfer has begun."""
+        total = 0
+        for folder, sizes in self._by_folder.items():
+            try:
+                with os.scandir(folder) as entries:
+                    present = {entry.name.removesuffix(PART_SUFFIX) for entry in entries}
+            except FileNotFoundError:
+                continue
+            total += sum(sizes[name] for name in present if name in sizes)
+        return total
 
     def reserve(self, local: Path, allowed_bytes: int) -> bool:
         """Begin `local`'s transfer (an empty part file, which later counts it) when the shards on disk and it fit
         in `allowed_bytes`; False (nothing done) when they do not. Call while holding the shard's own lock."""
-        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_locked(self.lock, fcntl.LOCK_EX)  # closed in a forked loader worker, which must not keep it
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             counted = _exists(_part(local)) or _exists(local)  # a transfer left unfinished, a damaged copy
             if not counted and self.on_disk() + self.sizes[local] > allowed_bytes:
                 return False
             _part(local).touch()
             return True
         finally:
-            os.close(fd)
+            release(fd)
 
 
 def _part(local: Path) -> Path:

@@ -45,6 +45,7 @@ NEVER = float("inf")  # the next use of a shard the lookahead has not reached
 MAX_LOOKAHEAD_ITEMS = 1 << 14
 LOOKAHEAD_LIMITS = 4
 ROOM_WAIT_SECONDS = 30.0  # the longest a prefetch waits for the node's other caches to make room
+ROOM_RETRY_SECONDS = (0.02, 0.5)  # a refused prefetch asks again after this, doubling up to that
 logger = logging.getLogger("w2v.data")
 
 
@@ -55,6 +56,8 @@ class _Slot:
     pins: int = 0
     last_read: int = -1  # the ordinal of the last item that read it (for lru)
     hold: int | None = None  # the descriptor of this cache's shared hold on the file, while ready
+    refused_at: float | None = None  # when the node's room first had no room for it (since its last fetch)
+    retry_at: float = 0.0  # when to ask the room again
 
 
 @dataclass
@@ -323,6 +326,8 @@ class ShardCache:
             if self._slots[key].state != "absent" or self._next_use(key) != use:
                 heapq.heappop(self._wanted)  # stale
                 continue
+            if self._slots[key].retry_at > time.monotonic():
+                return  # the node had no room for it a moment ago; what is needed later waits behind it
             if not self._early_eviction_is_safe(key, use) or not self._make_room(key, use):
                 return
             heapq.heappop(self._wanted)
@@ -441,32 +446,26 @@ class ShardCache:
 
     def _transfer(self, key: int) -> None:
         shard = self._slots[key].shard
-        deadline = time.monotonic() + self.room_wait_seconds
-        delay = 0.01
         try:
-            while True:
-                with claimed(shard.local):  # another cache fetching it: wait, then find it here
-                    if checked_at_rest(shard.local, shard.entry):
-                        fetched = 0
-                    elif self._room_for(key, deadline):
-                        shard.local.with_name(shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
-                        fetched = fetch_with_retries(shard, self.retry_seconds)
-                    else:
-                        fetched = -1
-                    held = hold(shard.local) if fetched >= 0 else None
-                if held is not None:
-                    break
-                self._let_go_for_room(key)  # without the shard's lock: another cache may fetch it meanwhile
-                time.sleep(delay)
-                delay = min(2 * delay, 0.5)
+            with claimed(shard.local):  # another cache fetching it: wait, then find it here
+                if checked_at_rest(shard.local, shard.entry):
+                    fetched = 0
+                elif self._room_for(key):
+                    shard.local.with_name(shard.local.name + VERIFIED_SUFFIX).unlink(missing_ok=True)
+                    fetched = fetch_with_retries(shard, self.retry_seconds)
+                else:
+                    fetched = -1
+                held = hold(shard.local) if fetched >= 0 else None
         except CacheError as error:
             return self._failed(key, error)
         except OSError as error:  # the lock file or the shard cannot be opened
             return self._failed(key, CacheError(f"{shard.local}: cannot be used ({error})"))
+        if held is None:
+            return self._no_room(key)
         with self._lock:
             self._transfers -= 1
-            self._slots[key].state = "ready"
-            self._slots[key].hold = held
+            slot = self._slots[key]
+            slot.state, slot.hold, slot.refused_at, slot.retry_at = "ready", held, None, 0.0
             self._ready.add(key)
             self._counts["fetches"] += int(fetched > 0)
             self._counts["fetched_bytes"] += fetched
@@ -474,46 +473,57 @@ class ShardCache:
             self._schedule()
             self._lock.notify_all()
 
-    def _room_for(self, key: int, deadline: float) -> bool:
-        """Whether `key` may be fetched now (call holding its lock): always without a node room; with one, when
-        the node's shards leave room for it within the limit (or within this cache's own reservations, when
-        they are over it), when the reader waits for it (the disk then holds this cache's share of one shard
-        over the limit: the node's other caches let go of what it let go as they reach the same point), or when
-        `room_wait_seconds` have passed (said once)."""
+    def _room_for(self, key: int) -> bool:
+        """Whether `key` may be fetched now (call holding its lock). Always without a node room; with one, when
+        the shards on the node's disk leave room for it within the limit (or within this cache's own
+        reservations, when they are over it), when the reader waits for it (the disk then holds it over the
+        limit until the node's other caches let go of what this one let go), or when the room has refused it
+        for `room_wait_seconds` (said once)."""
         if self.room is None:
             return True
         with self._lock:
             if self._error is not None:
                 raise self._error
-            allowed = max(self.limit_bytes, self._used)
-            waited_on = self._slots[key].pins > 0
-        local = self._slots[key].shard.local
-        if self.room.reserve(local, allowed) or waited_on:
+            slot = self._slots[key]
+            if slot.pins:
+                return True
+            allowed, refused_at = max(self.limit_bytes, self._used), slot.refused_at
+        if self.room.reserve(slot.shard.local, allowed):
             return True
-        if time.monotonic() < deadline:
+        if refused_at is None or time.monotonic() - refused_at < self.room_wait_seconds:
             return False
         if not self._over_room_said:
             self._over_room_said = True
             logger.warning(
                 "shard cache: the shards on this node's disk (%d bytes) left no room within the limit of %d bytes "
                 "for %s for %g s; fetching it anyway (the node's ranks are reading different shards)",
-                self.room.on_disk(),
-                self.limit_bytes,
-                local.name,
-                self.room_wait_seconds,
-            )
+                self.room.on_disk(), self.limit_bytes, slot.shard.local.name, self.room_wait_seconds,
+            )  # fmt: skip
         return True
 
-    def _let_go_for_room(self, key: int) -> None:
-        """Evict the shard Belady's rule takes next after `key`'s (one read after it): this cache no longer
-        counts it, and the node's disk loses it if no other cache holds it."""
+    def _no_room(self, key: int) -> None:
+        """The node's room refused a prefetch of `key`: it is given back (its reservation, its transfer thread)
+        and asked for again after a moment, as the node's other caches let go of what this one let go."""
         with self._lock:
-            set_aside: list[tuple[float, float, int, float, int]] = []
-            victim = self._pop_victim(self._next_use(key), set_aside)
-            for entry in set_aside:
-                heapq.heappush(self._victims, entry)
-            if victim is not None:
-                self._evict(victim)
+            self._transfers -= 1
+            slot = self._slots[key]
+            slot.state = "absent"
+            self._used -= slot.shard.entry.bytes
+            now = time.monotonic()
+            slot.refused_at = now if slot.refused_at is None else slot.refused_at
+            first, most = ROOM_RETRY_SECONDS
+            delay = min(most, max(first, 2 * (now - slot.refused_at)))
+            slot.retry_at = now + delay
+            self._touch(key)
+            self._schedule()
+            self._lock.notify_all()
+        retry = threading.Timer(delay, self._reschedule)  # the reader may hold its batch for a while
+        retry.daemon = True
+        retry.start()
+
+    def _reschedule(self) -> None:
+        with self._lock:
+            self._schedule()
 
     def _failed(self, key: int, error: CacheError) -> None:
         with self._lock:

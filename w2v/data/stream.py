@@ -167,8 +167,8 @@ class BatchStream:
     ) -> Iterator[tuple[int, WorkItem]]:
         """(rank, micro-batch) of each of `ranks` in turn from `state` on, forever: what the ranks of a node read,
         in the order they read it; each carries the state after its micro-step."""
-        if not all(0 <= rank < world_size for rank in ranks):
-            raise W2VError(f"ranks {list(ranks)} are not all in a world of {world_size}")
+        if not ranks or len(set(ranks)) < len(ranks) or not all(0 <= rank < world_size for rank in ranks):
+            raise W2VError(f"ranks {list(ranks)}: expected distinct ranks of a world of {world_size}")
         state = self.initial_state() if state is None else state
         while True:
             taken = []

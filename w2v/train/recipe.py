@@ -215,7 +215,8 @@ def _closing(cache: CorpusCache | None) -> Iterator[None]:
 def _open_batches(config: TrainConfig, data: _Data, accelerator: Accelerator, loader: LoaderConfig,
                   state: StreamState | None, split: int) -> Iterable[Batch]:  # fmt: skip
     first = accelerator.process_index - accelerator.local_process_index  # the node's ranks are consecutive
-    node = range(first, first + int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    node = range(first, min(first + local, accelerator.num_processes))
     return make_loader(data.train, config.batch, config.seed, weights=data.weights, rank=accelerator.process_index,
                        world_size=accelerator.num_processes, state=state, loader=loader, split=split,
                        cache=data.cache, node_ranks=node)  # fmt: skip
