@@ -26,7 +26,7 @@ from w2v.cli import app
 from w2v.data.corpus import ShardCorpus
 from w2v.data.loader import LoaderConfig, make_loader
 from w2v.data.plan import BatchConfig
-from w2v.data.streaming import CacheLimit, StreamingOptions, make_cache, open_streamed
+from w2v.data.streaming import CacheLimit, CorpusCache, StreamingOptions, make_cache, open_streamed
 from w2v.errors import W2VError
 from w2v.run.checkpoint import complete_checkpoints
 from w2v.run.harness import StepReport
@@ -185,12 +185,18 @@ def test_a_bucket_gone_mid_run_stops_it_at_its_last_update_and_the_rerun_ends_on
     _assert_same_weights(run, local_run)
 
 
+def _streamed(s3: S3Server, shards: Path, tmp_path: Path) -> tuple[ShardCorpus, CorpusCache]:
+    """The bucket's corpus, streamed through a cache of 35 % of it."""
+    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
+    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
+    limit = CacheLimit(bytes=int(0.35 * sum(_shard_bytes(shards))))
+    return corpus, make_cache([streamed], StreamingOptions(limit=limit))
+
+
 def test_a_loader_dropped_midway_releases_the_shards_its_batches_held(
     s3: S3Server, shards: Path, tmp_path: Path
 ) -> None:
-    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
-    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
-    cache = make_cache([streamed], StreamingOptions(limit=CacheLimit(bytes=int(0.35 * sum(_shard_bytes(shards))))))
+    corpus, cache = _streamed(s3, shards, tmp_path)
     config = BatchConfig(max_batch_seconds=6.0, shuffle_window_shards=2)
     try:
         batches = iter(make_loader([corpus], config, seed=0, loader=LoaderConfig(num_workers=1), cache=cache))
@@ -206,9 +212,7 @@ def test_a_loader_dropped_midway_releases_the_shards_its_batches_held(
 def test_a_rank_streaming_for_its_node_gets_its_own_batches_and_pins_none_of_the_others(
     s3: S3Server, shards: Path, tmp_path: Path
 ) -> None:
-    streamed = open_streamed("s3://corpus/night", tmp_path, s3.storage_options)
-    corpus = ShardCorpus(streamed.folder, streamed.shards_dir)
-    cache = make_cache([streamed], StreamingOptions(limit=CacheLimit(bytes=int(0.35 * sum(_shard_bytes(shards))))))
+    corpus, cache = _streamed(s3, shards, tmp_path)
     config = BatchConfig(max_batch_seconds=6.0, shuffle_window_shards=2)
     local = make_loader([ShardCorpus(shards)], config, seed=0, rank=1, world_size=4, max_batches=12,
                         loader=LoaderConfig(num_workers=0))  # fmt: skip
